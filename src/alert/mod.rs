@@ -1,0 +1,270 @@
+//! Alert stage: applies alert policy to findings and writes every event as a JSON line in
+//! Suricata's EVE shape (`alert`, `flow`, `stats`).
+//!
+//! Owns: the suppression table, the output writer, alert counters. It is the only writer.
+//! Detectors decide; this stage suppresses and writes.
+
+pub mod suppress;
+
+use crate::detect::rules::RuleSet;
+use crate::detect::{Finding, Kind};
+use crate::flow::{Direction, FlowRecord};
+use crate::time::Timestamp;
+use serde_json::{json, Map, Value};
+use std::io::{self, BufWriter, Write};
+use suppress::{Decision, Suppressor};
+
+/// EVE `proto` name of an IP protocol number.
+pub fn proto_name(p: u8) -> Value {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        1 => "ICMP".into(),
+        58 => "IPv6-ICMP".into(),
+        0 => Value::Null,
+        n => n.to_string().into(),
+    }
+}
+
+/// Output errors other than a closed pipe.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {target}: {source}")]
+pub struct OutputError {
+    pub target: String,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The JSON-lines writer. A closed pipe (the reader went away, as with `| head`) ends output
+/// quietly; any other write error is reported once.
+pub struct EveWriter {
+    out: BufWriter<Box<dyn Write + Send>>,
+    target: String,
+    pub closed: bool,
+    pub lines: u64,
+    error: Option<io::Error>,
+}
+
+impl EveWriter {
+    pub fn new(out: Box<dyn Write + Send>, target: &str) -> Self {
+        EveWriter {
+            out: BufWriter::with_capacity(64 << 10, out),
+            target: target.into(),
+            closed: false,
+            lines: 0,
+            error: None,
+        }
+    }
+
+    pub fn write(&mut self, v: &Value) {
+        if self.closed {
+            return;
+        }
+        let r = serde_json::to_writer(&mut self.out, v)
+            .map_err(io::Error::from)
+            .and_then(|_| self.out.write_all(b"\n"));
+        match r {
+            Ok(()) => self.lines += 1,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) {
+        self.closed = true;
+        if e.kind() != io::ErrorKind::BrokenPipe {
+            self.error = Some(e);
+        }
+    }
+
+    pub fn flush(&mut self) {
+        if !self.closed {
+            if let Err(e) = self.out.flush() {
+                self.fail(e);
+            }
+        }
+    }
+
+    /// The write error met, if any (a closed pipe is not an error).
+    pub fn take_error(&mut self) -> Option<OutputError> {
+        self.error.take().map(|source| OutputError {
+            target: self.target.clone(),
+            source,
+        })
+    }
+}
+
+/// Common EVE header fields.
+fn header(
+    ts: Timestamp,
+    event_type: &str,
+    src: Option<crate::flow::Endpoint>,
+    dst: Option<crate::flow::Endpoint>,
+    proto: u8,
+    flow_id: Option<u64>,
+    vlan: &[u16],
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("timestamp".into(), ts.rfc3339().to_string().into());
+    if let Some(id) = flow_id {
+        m.insert("flow_id".into(), id.into());
+    }
+    m.insert("event_type".into(), event_type.into());
+    if !vlan.is_empty() {
+        m.insert("vlan".into(), vlan.to_vec().into());
+    }
+    if let Some(s) = src {
+        m.insert("src_ip".into(), s.ip.to_string().into());
+        if proto == 6 || proto == 17 {
+            m.insert("src_port".into(), s.port.into());
+        }
+    }
+    if let Some(d) = dst {
+        m.insert("dest_ip".into(), d.ip.to_string().into());
+        if proto == 6 || proto == 17 {
+            m.insert("dest_port".into(), d.port.into());
+        }
+    }
+    if proto != 0 {
+        m.insert("proto".into(), proto_name(proto));
+    }
+    m
+}
+
+fn tcp_flags_hex(f: u8) -> String {
+    format!("{f:02x}")
+}
+
+/// Builds the EVE `flow` event of a flow record.
+pub fn flow_event(r: &FlowRecord) -> Value {
+    let m = &r.meta;
+    let mut e = header(
+        r.last,
+        "flow",
+        Some(m.initiator),
+        Some(m.responder),
+        m.proto,
+        Some(m.id.0),
+        m.vlan.as_slice(),
+    );
+    if r.app != "unknown" {
+        e.insert("app_proto".into(), r.app.into());
+    }
+    let age = r.last.secs_since(r.start);
+    e.insert(
+        "flow".into(),
+        json!({
+            "pkts_toserver": r.fwd.packets,
+            "pkts_toclient": r.rev.packets,
+            "bytes_toserver": r.fwd.bytes,
+            "bytes_toclient": r.rev.bytes,
+            "start": r.start.rfc3339().to_string(),
+            "end": r.last.rfc3339().to_string(),
+            "age": age,
+            "state": match r.end { crate::flow::FlowEnd::Fin | crate::flow::FlowEnd::Rst => "closed", _ => if m.proto == 6 { r.tcp.as_str() } else { "new" } },
+            "reason": r.end.as_str(),
+        }),
+    );
+    if let Some(vni) = m.vni {
+        e.insert("vxlan".into(), json!({ "vni": vni }));
+    }
+    if m.proto == 6 {
+        let all = r.fwd.tcp_flags | r.rev.tcp_flags;
+        let bit = |b: u8| all & b != 0;
+        e.insert(
+            "tcp".into(),
+            json!({
+                "tcp_flags": tcp_flags_hex(all),
+                "tcp_flags_ts": tcp_flags_hex(r.fwd.tcp_flags),
+                "tcp_flags_tc": tcp_flags_hex(r.rev.tcp_flags),
+                "syn": bit(0x02), "fin": bit(0x01), "rst": bit(0x04), "psh": bit(0x08), "ack": bit(0x10),
+                "state": r.tcp.as_str(),
+                "gap_bytes_ts": r.gaps[Direction::Forward.index()],
+                "gap_bytes_tc": r.gaps[Direction::Reverse.index()],
+            }),
+        );
+    }
+    Value::Object(e)
+}
+
+/// Alert counters.
+#[derive(Clone, Debug, Default)]
+pub struct AlertCounters {
+    pub written: u64,
+    pub by_kind: [u64; Kind::ALL.len()],
+    /// Findings whose rule is absent or disabled.
+    pub no_rule: u64,
+}
+
+/// Turns findings into alerts: rule lookup, suppression, EVE shape.
+pub struct Alerter {
+    rules: RuleSet,
+    default_suppress: u64,
+    suppressor: Suppressor,
+    pub counters: AlertCounters,
+}
+
+impl Alerter {
+    pub fn new(rules: RuleSet, default_suppress_secs: u64) -> Self {
+        Alerter {
+            rules,
+            default_suppress: default_suppress_secs,
+            suppressor: Suppressor::new(100_000),
+            counters: AlertCounters::default(),
+        }
+    }
+
+    pub fn suppressed(&self) -> u64 {
+        self.suppressor.suppressed
+    }
+
+    /// The alert for a finding, or `None` when it has no enabled rule or is suppressed.
+    pub fn alert(&mut self, f: &Finding) -> Option<Value> {
+        let Some(rule) = self.rules.enabled(f.kind, f.variant) else {
+            self.counters.no_rule += 1;
+            return None;
+        };
+        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
+        let suppressed_before = match self
+            .suppressor
+            .decide(rule.sid, &f.identifier, f.ts, window)
+        {
+            Decision::Suppress => return None,
+            Decision::Write { suppressed_before } => suppressed_before,
+        };
+        self.counters.written += 1;
+        if let Some(c) = self.counters.by_kind.get_mut(f.kind.index()) {
+            *c += 1;
+        }
+        let mut e = header(
+            f.ts,
+            "alert",
+            f.src,
+            f.dst,
+            f.proto,
+            f.flow_id.map(|i| i.0),
+            f.vlan.as_slice(),
+        );
+        if let Some(a) = f.app_proto {
+            e.insert("app_proto".into(), a.into());
+        }
+        e.insert(
+            "alert".into(),
+            json!({
+                "action": "allowed",
+                "gid": 1,
+                "signature_id": rule.sid,
+                "rev": rule.rev,
+                "signature": rule.signature,
+                "category": rule.category,
+                "severity": rule.severity,
+                "kind": f.kind.as_str(),
+            }),
+        );
+        let mut ev = f.evidence.clone();
+        if suppressed_before > 0 {
+            ev.insert("suppressed_since_last".into(), suppressed_before.into());
+        }
+        e.insert("evidence".into(), Value::Object(ev));
+        Some(Value::Object(e))
+    }
+}

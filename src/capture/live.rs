@@ -1,0 +1,141 @@
+//! Live capture through libpcap (the `pcap` crate): immediate mode, optional BPF filter,
+//! snap length and promiscuous mode. Frames are borrowed from libpcap's buffer for the time of
+//! one call and decoded in place. Kernel and interface drop counters go into the stats events.
+
+use crate::app::{AppError, Engine, Outcome, OutputOptions};
+use crate::detect::rules::RuleSet;
+use crate::settings::Settings;
+use crate::time::Timestamp;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Options of `tapwatch live`.
+#[derive(Clone, Debug)]
+pub struct LiveOptions {
+    pub interface: String,
+    pub filter: Option<String>,
+    /// Bytes captured per packet.
+    pub snaplen: i32,
+    pub promisc: bool,
+}
+
+fn err(iface: &str, e: pcap::Error) -> AppError {
+    AppError::Usage(format!("{iface}: {e}"))
+}
+
+/// Captures until SIGINT/SIGTERM; flushes everything and writes the final stats on the way out.
+pub fn run(
+    settings: &Settings,
+    rules: RuleSet,
+    opts: &LiveOptions,
+    out: &OutputOptions,
+    quiet: bool,
+    stop: &AtomicBool,
+) -> Result<Outcome, AppError> {
+    let iface = opts.interface.as_str();
+    let mut cap = pcap::Capture::from_device(iface)
+        .map_err(|e| err(iface, e))?
+        .promisc(opts.promisc)
+        .snaplen(opts.snaplen)
+        .immediate_mode(true)
+        .timeout(100)
+        .buffer_size(32 << 20)
+        .open()
+        .map_err(|e| err(iface, e))?;
+    if let Some(f) = &opts.filter {
+        cap.filter(f, true)
+            .map_err(|e| AppError::Usage(format!("BPF filter {f:?}: {e}")))?;
+    }
+    let link = cap.get_datalink().0 as u32;
+    // libpcap keeps polling inside one read in immediate mode, so a watcher thread breaks the
+    // loop when a stop signal arrives.
+    let breaker = cap.breakloop_handle();
+    let finished = std::sync::Arc::new(AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        let fin = std::sync::Arc::clone(&finished);
+        scope.spawn(move || {
+            while !fin.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
+                    breaker.breakloop();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let r = capture_loop(settings, rules, out, quiet, stop, &mut cap, link, iface);
+        finished.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn capture_loop(
+    settings: &Settings,
+    rules: RuleSet,
+    out: &OutputOptions,
+    quiet: bool,
+    stop: &AtomicBool,
+    cap: &mut pcap::Capture<pcap::Active>,
+    link: u32,
+    iface: &str,
+) -> Result<Outcome, AppError> {
+    let mut engine = Engine::new(settings, rules, out)?;
+    engine.set_stats_interval(settings.stats_interval_secs);
+    let started = std::time::Instant::now();
+    let mut outcome = Outcome::Done;
+    let mut frames: u64 = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            outcome = Outcome::Interrupted;
+            break;
+        }
+        if engine.writer.closed {
+            break;
+        }
+        match cap.next_packet() {
+            Ok(p) => {
+                frames += 1;
+                let ts = Timestamp::from_secs_nanos(
+                    p.header.ts.tv_sec.max(0) as u64,
+                    (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
+                );
+                let frame = crate::capture::RawFrame {
+                    ts,
+                    wire_len: p.header.len,
+                    link,
+                    bytes: p.data,
+                };
+                engine.frame(&frame);
+                if frames % 1024 == 0 {
+                    if let Ok(st) = cap.stats() {
+                        engine.stats.capture.kernel_received = u64::from(st.received);
+                        engine.stats.capture.kernel_drops = u64::from(st.dropped);
+                        engine.stats.capture.if_drops = u64::from(st.if_dropped);
+                    }
+                }
+            }
+            Err(pcap::Error::TimeoutExpired) => continue,
+            Err(pcap::Error::NoMorePackets) => {
+                if stop.load(Ordering::Relaxed) {
+                    outcome = Outcome::Interrupted;
+                }
+                break;
+            }
+            Err(e) => {
+                // Keep what was gathered: finish cleanly, then report.
+                engine.finish()?;
+                return Err(AppError::Runtime(format!("{iface}: {e}")));
+            }
+        }
+    }
+    if let Ok(st) = cap.stats() {
+        engine.stats.capture.kernel_received = u64::from(st.received);
+        engine.stats.capture.kernel_drops = u64::from(st.dropped);
+        engine.stats.capture.if_drops = u64::from(st.if_dropped);
+    }
+    engine.stats.capture.frames = frames;
+    engine.finish()?;
+    if !quiet {
+        eprint!("{}", engine.stats.summary(started.elapsed().as_secs_f64()));
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,211 @@
+//! The owned output of the decode stage: a fixed-size, `Copy` summary of one packet.
+
+use crate::time::Timestamp;
+use std::net::{IpAddr, Ipv4Addr};
+
+pub type Mac = [u8; 6];
+
+/// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(m: &Mac) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+/// Up to two VLAN ids (outermost first), as EVE's `vlan` array.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vlans {
+    pub ids: [u16; 2],
+    pub count: u8,
+}
+
+impl Vlans {
+    pub fn push(&mut self, id: u16) {
+        if let Some(slot) = self.ids.get_mut(usize::from(self.count)) {
+            *slot = id;
+            self.count += 1;
+        }
+    }
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ids[..usize::from(self.count.min(2))]
+    }
+}
+
+/// TCP flags as on the wire (FIN=0x01 ... CWR=0x80).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+    pub const ECE: u8 = 0x40;
+    pub const CWR: u8 = 0x80;
+    pub fn has(self, f: u8) -> bool {
+        self.0 & f != 0
+    }
+    pub fn syn(self) -> bool {
+        self.has(Self::SYN)
+    }
+    pub fn ack(self) -> bool {
+        self.has(Self::ACK)
+    }
+    pub fn fin(self) -> bool {
+        self.has(Self::FIN)
+    }
+    pub fn rst(self) -> bool {
+        self.has(Self::RST)
+    }
+}
+
+/// Layer 4 of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: TcpFlags,
+        seq: u32,
+        ack: u32,
+        win: u16,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
+    Icmp {
+        v6: bool,
+        ty: u8,
+        code: u8,
+    },
+    /// Another IP protocol (its number), or a transport whose header was not parsed.
+    Other(u8),
+}
+
+impl Transport {
+    pub fn ports(&self) -> (u16, u16) {
+        match *self {
+            Transport::Tcp { sport, dport, .. } | Transport::Udp { sport, dport } => (sport, dport),
+            _ => (0, 0),
+        }
+    }
+    /// IP protocol number.
+    pub fn proto(&self) -> u8 {
+        match *self {
+            Transport::Tcp { .. } => 6,
+            Transport::Udp { .. } => 17,
+            Transport::Icmp { v6: false, .. } => 1,
+            Transport::Icmp { v6: true, .. } => 58,
+            Transport::Other(p) => p,
+        }
+    }
+}
+
+/// ARP (Ethernet/IPv4) fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpInfo {
+    pub op: u16,
+    pub sender_mac: Mac,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: Mac,
+    pub target_ip: Ipv4Addr,
+}
+
+/// Layer 3 of a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Net {
+    Ip {
+        src: IpAddr,
+        dst: IpAddr,
+        ttl: u8,
+        l4: Transport,
+    },
+    Arp(ArpInfo),
+}
+
+/// One decoded packet. `Copy`, no heap: payload bytes stay in the frame and are located by
+/// `payload_off`/`payload_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketSummary {
+    pub ts: Timestamp,
+    /// Frame length on the wire (bytes).
+    pub wire_len: u32,
+    pub src_mac: Option<Mac>,
+    pub dst_mac: Option<Mac>,
+    pub vlan: Vlans,
+    /// VXLAN network identifier when the packet was decapsulated from VXLAN.
+    pub vni: Option<u32>,
+    pub net: Net,
+    /// Offset of the L4 payload in the frame bytes.
+    pub payload_off: u32,
+    /// Captured L4 payload bytes.
+    pub payload_len: u32,
+    /// L4 payload length according to the IP header (>= `payload_len` when the frame was snapped).
+    pub payload_wire_len: u32,
+}
+
+impl PacketSummary {
+    pub fn ips(&self) -> Option<(IpAddr, IpAddr)> {
+        match self.net {
+            Net::Ip { src, dst, .. } => Some((src, dst)),
+            Net::Arp(_) => None,
+        }
+    }
+    pub fn transport(&self) -> Option<Transport> {
+        match self.net {
+            Net::Ip { l4, .. } => Some(l4),
+            Net::Arp(_) => None,
+        }
+    }
+}
+
+/// Why a frame produced no summary. Each reason has a stable snake_case name used in `stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SkipReason {
+    UnsupportedLinkType,
+    TruncatedLink,
+    UnsupportedEtherType,
+    TruncatedIp,
+    BadIpHeader,
+    TruncatedTransport,
+    NonFirstFragment,
+    TruncatedArp,
+    UnsupportedArp,
+    TunnelTooDeep,
+}
+
+impl SkipReason {
+    pub const ALL: [SkipReason; 10] = [
+        SkipReason::UnsupportedLinkType,
+        SkipReason::TruncatedLink,
+        SkipReason::UnsupportedEtherType,
+        SkipReason::TruncatedIp,
+        SkipReason::BadIpHeader,
+        SkipReason::TruncatedTransport,
+        SkipReason::NonFirstFragment,
+        SkipReason::TruncatedArp,
+        SkipReason::UnsupportedArp,
+        SkipReason::TunnelTooDeep,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::UnsupportedLinkType => "unsupported_link_type",
+            SkipReason::TruncatedLink => "truncated_link_header",
+            SkipReason::UnsupportedEtherType => "unsupported_ether_type",
+            SkipReason::TruncatedIp => "truncated_ip_header",
+            SkipReason::BadIpHeader => "bad_ip_header",
+            SkipReason::TruncatedTransport => "truncated_transport_header",
+            SkipReason::NonFirstFragment => "non_first_fragment",
+            SkipReason::TruncatedArp => "truncated_arp",
+            SkipReason::UnsupportedArp => "unsupported_arp",
+            SkipReason::TunnelTooDeep => "tunnel_too_deep",
+        }
+    }
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}

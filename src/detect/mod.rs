@@ -1,0 +1,167 @@
+//! Detect stage: rule-based, built-in and learned detectors turn events into [`Finding`]s.
+//!
+//! Owns: the compiled rule set and the detectors' state. Hands on: `Finding` — what was seen, by
+//! which rule, with the evidence that explains it. Detectors decide; they neither suppress nor
+//! write (that is the alert stage's job).
+
+pub mod rules;
+
+use crate::decode::Vlans;
+use crate::flow::{Endpoint, FlowId};
+use crate::time::Timestamp;
+use serde_json::{Map, Value};
+
+/// The vocabulary of `alert.kind`: one word per kind of finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    PlaintextMqtt,
+    PlaintextHttp,
+    PlaintextTelnet,
+    PlaintextFtp,
+    CleartextCredentials,
+    DefaultCredentials,
+    BruteForce,
+    PortScan,
+    HostScan,
+    LateralMovement,
+    PolicyViolation,
+    NewPeer,
+    NewService,
+    RateSpike,
+    VolumeSpike,
+    TopicAclViolation,
+    WeakTls,
+    LearnedOutlier,
+    ProtocolAnomaly,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 19] = [
+        Kind::PlaintextMqtt,
+        Kind::PlaintextHttp,
+        Kind::PlaintextTelnet,
+        Kind::PlaintextFtp,
+        Kind::CleartextCredentials,
+        Kind::DefaultCredentials,
+        Kind::BruteForce,
+        Kind::PortScan,
+        Kind::HostScan,
+        Kind::LateralMovement,
+        Kind::PolicyViolation,
+        Kind::NewPeer,
+        Kind::NewService,
+        Kind::RateSpike,
+        Kind::VolumeSpike,
+        Kind::TopicAclViolation,
+        Kind::WeakTls,
+        Kind::LearnedOutlier,
+        Kind::ProtocolAnomaly,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::PlaintextMqtt => "plaintext_mqtt",
+            Kind::PlaintextHttp => "plaintext_http",
+            Kind::PlaintextTelnet => "plaintext_telnet",
+            Kind::PlaintextFtp => "plaintext_ftp",
+            Kind::CleartextCredentials => "cleartext_credentials",
+            Kind::DefaultCredentials => "default_credentials",
+            Kind::BruteForce => "brute_force",
+            Kind::PortScan => "port_scan",
+            Kind::HostScan => "host_scan",
+            Kind::LateralMovement => "lateral_movement",
+            Kind::PolicyViolation => "policy_violation",
+            Kind::NewPeer => "new_peer",
+            Kind::NewService => "new_service",
+            Kind::RateSpike => "rate_spike",
+            Kind::VolumeSpike => "volume_spike",
+            Kind::TopicAclViolation => "topic_acl_violation",
+            Kind::WeakTls => "weak_tls",
+            Kind::LearnedOutlier => "learned_outlier",
+            Kind::ProtocolAnomaly => "protocol_anomaly",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.iter().copied().find(|k| k.as_str() == s)
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Something a detector found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    /// Packet time of the event that completed the finding.
+    pub ts: Timestamp,
+    pub kind: Kind,
+    /// Selects among several rules of the same kind (e.g. the protocol of a brute force); empty
+    /// for the kind's default rule.
+    pub variant: &'static str,
+    pub src: Option<Endpoint>,
+    pub dst: Option<Endpoint>,
+    /// IP protocol number (0 when not about one flow).
+    pub proto: u8,
+    pub flow_id: Option<FlowId>,
+    pub vlan: Vlans,
+    pub app_proto: Option<&'static str>,
+    /// What makes two findings "the same" for suppression (Zeek's notice identifier).
+    pub identifier: String,
+    /// The evidence that explains the finding (written as the alert's `evidence` object).
+    pub evidence: Map<String, Value>,
+}
+
+impl Finding {
+    /// A finding about one flow.
+    pub fn for_flow(
+        ts: Timestamp,
+        kind: Kind,
+        meta: &crate::flow::FlowMeta,
+        app_proto: Option<&'static str>,
+    ) -> Finding {
+        Finding {
+            ts,
+            kind,
+            variant: "",
+            src: Some(meta.initiator),
+            dst: Some(meta.responder),
+            proto: meta.proto,
+            flow_id: Some(meta.id),
+            vlan: meta.vlan,
+            app_proto,
+            identifier: String::new(),
+            evidence: Map::new(),
+        }
+    }
+
+    pub fn with(mut self, key: &str, v: impl Into<Value>) -> Finding {
+        self.evidence.insert(key.to_string(), v.into());
+        self
+    }
+}
+
+use crate::decode::PacketSummary;
+use crate::flow::FlowEvent;
+use crate::proto::ProtoEvent;
+use crate::settings::Settings;
+use rules::{RuleError, RuleSet};
+
+/// The detectors of one worker, built from the rules at start-up.
+pub struct Detectors {}
+
+impl Detectors {
+    pub fn new(_settings: &Settings, _rules: &RuleSet) -> Result<Self, RuleError> {
+        Ok(Detectors {})
+    }
+
+    /// Every decoded packet.
+    pub fn on_packet(&mut self, _p: &PacketSummary, _out: &mut Vec<Finding>) {}
+
+    /// Flow starts, application events and flow records.
+    pub fn on_flow_event(&mut self, _ev: &FlowEvent<ProtoEvent>, _out: &mut Vec<Finding>) {}
+
+    /// End of input.
+    pub fn finish(&mut self, _out: &mut Vec<Finding>) {}
+}

@@ -1,0 +1,594 @@
+//! Flow stage: a bidirectional flow table per worker, driven by packet time.
+//!
+//! Owns: flow records keyed by a canonical 5-tuple (plus VLAN and VNI), TCP state, per-direction
+//! reassembly, and one stream handler per TCP flow (the protocol analyzers plug in here through
+//! [`StreamHandler`]). Hands on: [`FlowEvent`]s — a flow started, an application event from its
+//! handler, a flow record at its end.
+//!
+//! Bounds: at most `max_flows` flows; when full, the least recently seen flow of the cheapest
+//! class is evicted (half-open TCP first, then closed TCP, then other, UDP, and established TCP
+//! last), and the eviction is counted. Flows expire on idle timeouts per class (exact, because
+//! each class keeps its own least-recently-seen list) and are sliced by an active timeout. At the
+//! end of input, [`FlowTable::drain`] ends every flow.
+
+pub mod key;
+pub mod reassembly;
+pub mod record;
+pub mod tcp;
+
+pub use key::{Direction, Endpoint, FlowId, FlowKey};
+pub use reassembly::{ReassemblyCounters, ReassemblyLimits};
+pub use record::{DirStats, FlowEnd, FlowMeta, FlowRecord};
+pub use tcp::TcpState;
+
+use crate::decode::{PacketSummary, Transport};
+use crate::time::Timestamp;
+use reassembly::Stream;
+
+/// Receives a TCP flow's reassembled bytes (implemented by the protocol stage).
+pub trait StreamHandler: Sized {
+    type Event;
+    /// Creates the handler of a new TCP flow, or `None` to skip payload inspection.
+    fn for_flow(meta: &FlowMeta) -> Option<Self>;
+    /// In-order bytes of one direction, each byte once.
+    fn on_data(&mut self, dir: Direction, data: &[u8], out: &mut Vec<Self::Event>);
+    /// `len` bytes of this direction will never be seen.
+    fn on_gap(&mut self, dir: Direction, len: u64);
+    /// The flow ended.
+    fn on_close(&mut self, out: &mut Vec<Self::Event>);
+    /// Name of the application protocol, for flow records.
+    fn app_name(&self) -> &'static str;
+    /// True when the handler needs every byte of the stream, beyond the reassembly depth.
+    fn wants_whole_stream(&self) -> bool {
+        false
+    }
+}
+
+/// A handler that inspects nothing (for pipelines without protocol analysis).
+pub struct NoPayload;
+
+impl StreamHandler for NoPayload {
+    type Event = ();
+    fn for_flow(_: &FlowMeta) -> Option<Self> {
+        None
+    }
+    fn on_data(&mut self, _: Direction, _: &[u8], _: &mut Vec<()>) {}
+    fn on_gap(&mut self, _: Direction, _: u64) {}
+    fn on_close(&mut self, _: &mut Vec<()>) {}
+    fn app_name(&self) -> &'static str {
+        "unknown"
+    }
+}
+
+/// What the flow stage hands on.
+#[derive(Debug)]
+pub enum FlowEvent<E> {
+    Started(FlowMeta),
+    /// An event of the flow's stream handler, at packet time `ts`.
+    App {
+        meta: FlowMeta,
+        ts: Timestamp,
+        dir: Direction,
+        event: E,
+    },
+    Ended(FlowRecord),
+}
+
+/// Flow table settings (all times in seconds of packet time).
+#[derive(Clone, Copy, Debug)]
+pub struct FlowConfig {
+    /// Maximum number of flows held. Default 1,000,000.
+    pub max_flows: usize,
+    /// Idle timeout of established TCP flows. Default 600 s.
+    pub tcp_idle_timeout: u64,
+    /// Idle timeout of TCP flows with no completed handshake. Default 30 s.
+    pub tcp_half_open_timeout: u64,
+    /// Time a closed (FIN both ways, or RST) TCP flow lingers for late packets. Default 5 s.
+    pub tcp_closed_timeout: u64,
+    /// Idle timeout of UDP flows. Default 120 s.
+    pub udp_idle_timeout: u64,
+    /// Idle timeout of other IP flows (ICMP...). Default 60 s.
+    pub other_idle_timeout: u64,
+    /// A flow older than this is written out and continues under the same id. Default 1800 s.
+    pub active_timeout: u64,
+    pub reassembly: ReassemblyLimits,
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        FlowConfig {
+            max_flows: 1_000_000,
+            tcp_idle_timeout: 600,
+            tcp_half_open_timeout: 30,
+            tcp_closed_timeout: 5,
+            udp_idle_timeout: 120,
+            other_idle_timeout: 60,
+            active_timeout: 1800,
+            reassembly: ReassemblyLimits::default(),
+        }
+    }
+}
+
+/// Counters of the flow stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub created: u64,
+    pub tcp: u64,
+    pub udp: u64,
+    pub other: u64,
+    pub ended: u64,
+    pub evicted: u64,
+    pub idle_timeouts: u64,
+    pub active_timeouts: u64,
+    /// Largest number of flows held at once.
+    pub peak_active: u64,
+    pub reassembly: ReassemblyCounters,
+}
+
+impl FlowCounters {
+    pub fn merge(&mut self, o: &FlowCounters) {
+        self.created += o.created;
+        self.tcp += o.tcp;
+        self.udp += o.udp;
+        self.other += o.other;
+        self.ended += o.ended;
+        self.evicted += o.evicted;
+        self.idle_timeouts += o.idle_timeouts;
+        self.active_timeouts += o.active_timeouts;
+        self.peak_active += o.peak_active;
+        self.reassembly.merge(&o.reassembly);
+    }
+}
+
+/// Expiry classes, in eviction order (cheapest to lose first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    HalfOpen = 0,
+    Closed = 1,
+    Other = 2,
+    Udp = 3,
+    Established = 4,
+}
+const CLASSES: usize = 5;
+const NIL: u32 = u32::MAX;
+
+struct Entry<H> {
+    rec: FlowRecord,
+    fins: [bool; 2],
+    synack: bool,
+    class: Class,
+    prev: u32,
+    next: u32,
+    handler: Option<H>,
+    streams: [Stream; 2],
+    live: bool,
+}
+
+#[derive(Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+/// The flow table of one worker.
+pub struct FlowTable<H: StreamHandler> {
+    cfg: FlowConfig,
+    map: hashbrown::HashMap<FlowKey, u32, foldhash::fast::RandomState>,
+    slab: Vec<Entry<H>>,
+    free: Vec<u32>,
+    lists: [List; CLASSES],
+    /// Latest packet time seen (packets may arrive slightly out of order).
+    now: Timestamp,
+    next_sweep: Timestamp,
+    scratch: Vec<H::Event>,
+    pub counters: FlowCounters,
+}
+
+impl<H: StreamHandler> FlowTable<H> {
+    pub fn new(cfg: FlowConfig) -> Self {
+        FlowTable {
+            cfg,
+            map: hashbrown::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            slab: Vec::new(),
+            free: Vec::new(),
+            lists: [List {
+                head: NIL,
+                tail: NIL,
+            }; CLASSES],
+            now: Timestamp::ZERO,
+            next_sweep: Timestamp::ZERO,
+            scratch: Vec::new(),
+            counters: FlowCounters::default(),
+        }
+    }
+
+    /// Number of flows held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    fn timeout(&self, c: Class) -> u64 {
+        match c {
+            Class::HalfOpen => self.cfg.tcp_half_open_timeout,
+            Class::Closed => self.cfg.tcp_closed_timeout,
+            Class::Established => self.cfg.tcp_idle_timeout,
+            Class::Udp => self.cfg.udp_idle_timeout,
+            Class::Other => self.cfg.other_idle_timeout,
+        }
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next, c) = {
+            let e = &self.slab[i as usize];
+            (e.prev, e.next, e.class as usize)
+        };
+        if prev != NIL {
+            self.slab[prev as usize].next = next;
+        } else {
+            self.lists[c].head = next;
+        }
+        if next != NIL {
+            self.slab[next as usize].prev = prev;
+        } else {
+            self.lists[c].tail = prev;
+        }
+    }
+
+    /// Puts `i` at the head (most recently seen) of its class list.
+    fn push_front(&mut self, i: u32) {
+        let c = self.slab[i as usize].class as usize;
+        let head = self.lists[c].head;
+        {
+            let e = &mut self.slab[i as usize];
+            e.prev = NIL;
+            e.next = head;
+        }
+        if head != NIL {
+            self.slab[head as usize].prev = i;
+        } else {
+            self.lists[c].tail = i;
+        }
+        self.lists[c].head = i;
+    }
+
+    /// Processes one packet. `payload` is its captured L4 payload.
+    pub fn observe(
+        &mut self,
+        p: &PacketSummary,
+        payload: &[u8],
+        out: &mut Vec<FlowEvent<H::Event>>,
+    ) {
+        let Some((sip, dip)) = p.ips() else {
+            return;
+        };
+        let Some(l4) = p.transport() else {
+            return;
+        };
+        if p.ts > self.now {
+            self.now = p.ts;
+        }
+        if self.now >= self.next_sweep {
+            self.expire(out);
+            self.next_sweep = self.now.plus_secs(1);
+        }
+        let (sport, dport) = l4.ports();
+        let src = Endpoint {
+            ip: sip,
+            port: sport,
+        };
+        let dst = Endpoint {
+            ip: dip,
+            port: dport,
+        };
+        let proto = l4.proto();
+        let (key, src_is_lo) = FlowKey::new(src, dst, proto, p.vlan, p.vni);
+        let idx = match self.map.get(&key) {
+            Some(&i) => i,
+            None => self.create(key, src, dst, p, l4, out),
+        };
+        let i = idx as usize;
+        // Direction relative to the initiator.
+        let dir = {
+            let e = &self.slab[i];
+            let init_is_lo = e.rec.meta.initiator == e.rec.meta.key.lo;
+            if init_is_lo == src_is_lo {
+                Direction::Forward
+            } else {
+                Direction::Reverse
+            }
+        };
+        // Active timeout: write a slice and go on.
+        if self.now.secs_since(self.slab[i].rec.start) >= self.cfg.active_timeout {
+            let e = &mut self.slab[i];
+            let mut slice = e.rec;
+            slice.end = FlowEnd::ActiveTimeout;
+            slice.app = e.handler.as_ref().map_or("unknown", |h| h.app_name());
+            e.rec.start = p.ts;
+            e.rec.fwd = DirStats::default();
+            e.rec.rev = DirStats::default();
+            self.counters.active_timeouts += 1;
+            out.push(FlowEvent::Ended(slice));
+        }
+        let e = &mut self.slab[i];
+        e.rec.last = e.rec.last.max(p.ts);
+        let ds = match dir {
+            Direction::Forward => &mut e.rec.fwd,
+            Direction::Reverse => &mut e.rec.rev,
+        };
+        ds.packets += 1;
+        ds.bytes += u64::from(p.wire_len);
+        ds.payload_bytes += u64::from(p.payload_wire_len);
+        let mut new_class = e.class;
+        if let Transport::Tcp { flags, seq, .. } = l4 {
+            ds.tcp_flags |= flags.0;
+            if flags.syn() {
+                ds.syns += 1;
+            }
+            if flags.rst() {
+                ds.rsts += 1;
+            }
+            if flags.syn() && flags.ack() && dir == Direction::Reverse {
+                e.synack = true;
+            }
+            e.rec.tcp = e.rec.tcp.next(flags, dir, &mut e.fins);
+            if flags.syn() {
+                e.streams[dir.index()].on_syn(seq);
+            }
+            if let Some(h) = e.handler.as_mut() {
+                let data_seq = if flags.syn() {
+                    seq.wrapping_add(1)
+                } else {
+                    seq
+                };
+                let before = self.scratch.len();
+                e.streams[dir.index()].on_segment(
+                    dir,
+                    data_seq,
+                    payload,
+                    p.payload_wire_len,
+                    h,
+                    &mut self.scratch,
+                    &self.cfg.reassembly,
+                    &mut self.counters.reassembly,
+                );
+                if flags.fin() || flags.rst() {
+                    e.streams[dir.index()].flush(
+                        dir,
+                        h,
+                        &mut self.scratch,
+                        &self.cfg.reassembly,
+                        &mut self.counters.reassembly,
+                    );
+                }
+                let meta = e.rec.meta;
+                for ev in self.scratch.drain(before..) {
+                    out.push(FlowEvent::App {
+                        meta,
+                        ts: p.ts,
+                        dir,
+                        event: ev,
+                    });
+                }
+            }
+            new_class = match e.rec.tcp {
+                TcpState::Closed | TcpState::Reset => Class::Closed,
+                TcpState::Established | TcpState::Closing => Class::Established,
+                TcpState::None if e.rec.fwd.packets > 0 && e.rec.rev.packets > 0 => {
+                    Class::Established
+                }
+                _ => Class::HalfOpen,
+            };
+            if e.synack && new_class == Class::HalfOpen {
+                new_class = Class::Established;
+            }
+        }
+        self.unlink(idx);
+        self.slab[i].class = new_class;
+        self.push_front(idx);
+    }
+
+    fn create(
+        &mut self,
+        key: FlowKey,
+        src: Endpoint,
+        dst: Endpoint,
+        p: &PacketSummary,
+        l4: Transport,
+        out: &mut Vec<FlowEvent<H::Event>>,
+    ) -> u32 {
+        if self.map.len() >= self.cfg.max_flows.max(1) {
+            self.evict_one(out);
+        }
+        // A SYN-ACK as first packet means the SYN was missed: the receiver is the initiator.
+        let reversed = matches!(l4, Transport::Tcp { flags, .. }
+            if flags.syn() && flags.ack());
+        let (initiator, responder, imac, rmac) = if reversed {
+            (dst, src, p.dst_mac, p.src_mac)
+        } else {
+            (src, dst, p.src_mac, p.dst_mac)
+        };
+        let meta = FlowMeta {
+            id: key.flow_id(p.ts.0),
+            key,
+            initiator,
+            responder,
+            proto: key.proto,
+            vlan: p.vlan,
+            vni: p.vni,
+            first: p.ts,
+            initiator_mac: imac,
+            responder_mac: rmac,
+        };
+        let class = match l4 {
+            Transport::Tcp { .. } => {
+                self.counters.tcp += 1;
+                Class::HalfOpen
+            }
+            Transport::Udp { .. } => {
+                self.counters.udp += 1;
+                Class::Udp
+            }
+            _ => {
+                self.counters.other += 1;
+                Class::Other
+            }
+        };
+        self.counters.created += 1;
+        let handler = if key.proto == 6 {
+            H::for_flow(&meta)
+        } else {
+            None
+        };
+        let entry = Entry {
+            rec: FlowRecord {
+                meta,
+                start: p.ts,
+                last: p.ts,
+                fwd: DirStats::default(),
+                rev: DirStats::default(),
+                tcp: TcpState::None,
+                end: FlowEnd::Shutdown,
+                app: "unknown",
+                gaps: [0; 2],
+                synack_seen: false,
+            },
+            fins: [false; 2],
+            synack: false,
+            class,
+            prev: NIL,
+            next: NIL,
+            handler,
+            streams: [Stream::default(), Stream::default()],
+            live: true,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.slab[i as usize] = entry;
+                i
+            }
+            None => {
+                self.slab.push(entry);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.map.insert(key, idx);
+        self.counters.peak_active = self.counters.peak_active.max(self.map.len() as u64);
+        self.push_front(idx);
+        out.push(FlowEvent::Started(meta));
+        idx
+    }
+
+    /// Ends flow `idx` with `end`, writing its record.
+    fn end(&mut self, idx: u32, end: FlowEnd, out: &mut Vec<FlowEvent<H::Event>>) {
+        self.unlink(idx);
+        let e = &mut self.slab[idx as usize];
+        if !e.live {
+            return;
+        }
+        e.live = false;
+        let meta = e.rec.meta;
+        let ts = e.rec.last;
+        if let Some(mut h) = e.handler.take() {
+            let before = self.scratch.len();
+            for d in [Direction::Forward, Direction::Reverse] {
+                e.streams[d.index()].flush(
+                    d,
+                    &mut h,
+                    &mut self.scratch,
+                    &self.cfg.reassembly,
+                    &mut self.counters.reassembly,
+                );
+            }
+            h.on_close(&mut self.scratch);
+            e.rec.app = h.app_name();
+            for ev in self.scratch.drain(before..) {
+                out.push(FlowEvent::App {
+                    meta,
+                    ts,
+                    dir: Direction::Forward,
+                    event: ev,
+                });
+            }
+        }
+        e.rec.end = end;
+        e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
+        e.rec.synack_seen = e.synack;
+        e.streams = [Stream::default(), Stream::default()];
+        let rec = e.rec;
+        self.map.remove(&rec.meta.key);
+        self.free.push(idx);
+        self.counters.ended += 1;
+        out.push(FlowEvent::Ended(rec));
+    }
+
+    fn evict_one(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
+        for c in 0..CLASSES {
+            let t = self.lists[c].tail;
+            if t != NIL {
+                self.counters.evicted += 1;
+                self.end(t, FlowEnd::Evicted, out);
+                return;
+            }
+        }
+    }
+
+    /// Ends flows idle for longer than their class's timeout.
+    pub fn expire(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
+        for c in 0..CLASSES {
+            let class = [
+                Class::HalfOpen,
+                Class::Closed,
+                Class::Other,
+                Class::Udp,
+                Class::Established,
+            ][c];
+            let timeout = self.timeout(class);
+            loop {
+                let t = self.lists[c].tail;
+                if t == NIL {
+                    break;
+                }
+                let last = self.slab[t as usize].rec.last;
+                if self.now.secs_since(last) < timeout {
+                    break;
+                }
+                let end = match self.slab[t as usize].rec.tcp {
+                    TcpState::Closed => FlowEnd::Fin,
+                    TcpState::Reset => FlowEnd::Rst,
+                    _ => {
+                        self.counters.idle_timeouts += 1;
+                        FlowEnd::IdleTimeout
+                    }
+                };
+                self.end(t, end, out);
+            }
+        }
+    }
+
+    /// Ends every flow (end of input), oldest first so the output order is deterministic.
+    pub fn drain(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
+        let mut all: Vec<(Timestamp, FlowId, u32)> = self
+            .map
+            .values()
+            .map(|&i| {
+                let m = &self.slab[i as usize].rec.meta;
+                (m.first, m.id, i)
+            })
+            .collect();
+        all.sort_unstable();
+        for (_, _, i) in all {
+            let end = match self.slab[i as usize].rec.tcp {
+                TcpState::Closed => FlowEnd::Fin,
+                TcpState::Reset => FlowEnd::Rst,
+                _ => FlowEnd::Shutdown,
+            };
+            self.end(i, end, out);
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Validated settings: the optional TOML config file merged with command-line values.
+//!
+//! Every field of the config file is optional; its default and unit are documented here and in
+//! `tapwatch.example.toml` (see README). Errors name the file, the line and the reason.
+
+use crate::flow::{FlowConfig, ReassemblyLimits};
+use ipnet::IpNet;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use toml::Spanned;
+
+/// A configuration problem, located.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    network: RawNetwork,
+    /// Zone name -> CIDRs.
+    zones: BTreeMap<String, Vec<Spanned<String>>>,
+    flow: RawFlow,
+    reassembly: RawReassembly,
+    alert: RawAlert,
+    output: RawOutput,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawNetwork {
+    home_net: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawFlow {
+    max_flows: Option<usize>,
+    tcp_idle_timeout_secs: Option<u64>,
+    tcp_half_open_timeout_secs: Option<u64>,
+    tcp_closed_timeout_secs: Option<u64>,
+    udp_idle_timeout_secs: Option<u64>,
+    other_idle_timeout_secs: Option<u64>,
+    active_timeout_secs: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawReassembly {
+    depth_bytes: Option<u64>,
+    max_ooo_bytes: Option<usize>,
+    max_ooo_segments: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAlert {
+    default_suppress_secs: Option<u64>,
+    reveal_secrets: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawOutput {
+    stats_interval_secs: Option<u64>,
+}
+
+/// Default home networks: RFC 1918, the benchmarking range, unique-local and link-local IPv6.
+pub const DEFAULT_HOME_NET: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+];
+
+/// Alert settings.
+#[derive(Clone, Debug)]
+pub struct AlertConfig {
+    /// Suppression window for repeats of the same finding, when its rule sets none
+    /// (seconds of packet time). Default 600.
+    pub default_suppress_secs: u64,
+    /// Write passwords seen on the wire in clear (forensic replay). Default false: masked.
+    pub reveal_secrets: bool,
+}
+
+/// Everything the pipeline needs, validated.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Networks considered internal. Default [`DEFAULT_HOME_NET`].
+    pub home_net: Vec<IpNet>,
+    /// Named zones (name, networks), in name order.
+    pub zones: Vec<(String, Vec<IpNet>)>,
+    pub flow: FlowConfig,
+    pub alert: AlertConfig,
+    /// Interval of `stats` events in live mode (seconds of packet time; 0 = only at the end).
+    /// Default 60.
+    pub stats_interval_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            home_net: DEFAULT_HOME_NET
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            zones: Vec::new(),
+            flow: FlowConfig::default(),
+            alert: AlertConfig {
+                default_suppress_secs: 600,
+                reveal_secrets: false,
+            },
+            stats_interval_secs: 60,
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len()))
+        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+}
+
+/// Parses a comma-separated list of CIDRs (or bare addresses).
+pub fn parse_cidrs(s: &str) -> Result<Vec<IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(parse_cidr)
+        .collect()
+}
+
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("invalid network {s:?} (expected CIDR such as 198.18.0.0/15)"))
+}
+
+impl Settings {
+    /// Reads a config file on top of the defaults.
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            reason: e.to_string(),
+        })?;
+        Settings::from_toml(&file, &text)
+    }
+
+    pub fn from_toml(file: &str, text: &str) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.into(),
+            line: e.span().map_or(0, |s| line_of(text, s.start)),
+            reason: e.message().to_string(),
+        })?;
+        let nets = |v: &[Spanned<String>]| -> Result<Vec<IpNet>, ConfigError> {
+            v.iter()
+                .map(|s| {
+                    parse_cidr(s.get_ref()).map_err(|reason| ConfigError {
+                        file: file.into(),
+                        line: line_of(text, s.span().start),
+                        reason,
+                    })
+                })
+                .collect()
+        };
+        let mut st = Settings::default();
+        if let Some(h) = &raw.network.home_net {
+            st.home_net = nets(h)?;
+        }
+        for (name, v) in &raw.zones {
+            st.zones.push((name.clone(), nets(v)?));
+        }
+        let f = &raw.flow;
+        let d = FlowConfig::default();
+        st.flow = FlowConfig {
+            max_flows: f.max_flows.unwrap_or(d.max_flows),
+            tcp_idle_timeout: f.tcp_idle_timeout_secs.unwrap_or(d.tcp_idle_timeout),
+            tcp_half_open_timeout: f
+                .tcp_half_open_timeout_secs
+                .unwrap_or(d.tcp_half_open_timeout),
+            tcp_closed_timeout: f.tcp_closed_timeout_secs.unwrap_or(d.tcp_closed_timeout),
+            udp_idle_timeout: f.udp_idle_timeout_secs.unwrap_or(d.udp_idle_timeout),
+            other_idle_timeout: f.other_idle_timeout_secs.unwrap_or(d.other_idle_timeout),
+            active_timeout: f.active_timeout_secs.unwrap_or(d.active_timeout),
+            reassembly: {
+                let r = &raw.reassembly;
+                let dr = ReassemblyLimits::default();
+                ReassemblyLimits {
+                    depth: r.depth_bytes.unwrap_or(dr.depth),
+                    max_ooo_bytes: r.max_ooo_bytes.unwrap_or(dr.max_ooo_bytes),
+                    max_ooo_segments: r.max_ooo_segments.unwrap_or(dr.max_ooo_segments),
+                }
+            },
+        };
+        if st.flow.max_flows == 0 {
+            return Err(ConfigError {
+                file: file.into(),
+                line: line_of(text, text.find("max_flows").unwrap_or(0)),
+                reason: "flow.max_flows must be at least 1".into(),
+            });
+        }
+        if let Some(s) = raw.alert.default_suppress_secs {
+            st.alert.default_suppress_secs = s;
+        }
+        if let Some(r) = raw.alert.reveal_secrets {
+            st.alert.reveal_secrets = r;
+        }
+        if let Some(s) = raw.output.stats_interval_secs {
+            st.stats_interval_secs = s;
+        }
+        Ok(st)
+    }
+
+    /// True when `ip` is inside the home networks.
+    pub fn is_home(&self, ip: IpAddr) -> bool {
+        self.home_net.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Name of the most specific zone holding `ip` (longest prefix), if any.
+    pub fn zone_of(&self, ip: IpAddr) -> Option<&str> {
+        self.zones
+            .iter()
+            .flat_map(|(name, nets)| nets.iter().map(move |n| (name, n)))
+            .filter(|(_, n)| n.contains(&ip))
+            .max_by_key(|(_, n)| n.prefix_len())
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_zones_resolve() {
+        let st = Settings::from_toml(
+            "t.toml",
+            "[network]\nhome_net = [\"198.18.0.0/15\"]\n[zones]\niot = [\"198.18.1.0/24\"]\nsite = [\"198.18.0.0/15\"]\n[flow]\nmax_flows = 10\n",
+        )
+        .unwrap();
+        assert_eq!(st.flow.max_flows, 10);
+        assert_eq!(st.zone_of("198.18.1.7".parse().unwrap()), Some("iot"));
+        assert_eq!(st.zone_of("198.18.2.7".parse().unwrap()), Some("site"));
+        assert!(st.is_home("198.19.0.1".parse().unwrap()));
+        assert!(!st.is_home("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let e = Settings::from_toml(
+            "t.toml",
+            "[network]\nhome_net = [\n \"198.18.0.0/15\",\n \"nope\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.file.as_str(), e.line), ("t.toml", 4));
+        let e = Settings::from_toml("t.toml", "[flow]\nmax_flowz = 3\n").unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.reason.contains("max_flowz"));
+        let e = Settings::from_toml("t.toml", "[flow]\nmax_flows = 0\n").unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+}

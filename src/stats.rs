@@ -1,0 +1,139 @@
+//! Run statistics: counters of every stage, gathered into the EVE `stats` event and the summary.
+
+use crate::alert::AlertCounters;
+use crate::capture::CaptureCounters;
+use crate::decode::{DecodeCounters, SkipReason};
+use crate::detect::Kind;
+use crate::flow::FlowCounters;
+use crate::time::Timestamp;
+use serde_json::{json, Map, Value};
+
+/// A snapshot of all counters.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub capture: CaptureCounters,
+    /// Inputs cut in the middle of a record: (input, offset).
+    pub truncated_inputs: Vec<(String, u64)>,
+    pub decode: DecodeCounters,
+    pub flow: FlowCounters,
+    pub flows_active: u64,
+    pub alerts: AlertCounters,
+    pub alerts_suppressed: u64,
+    pub app_events: u64,
+}
+
+impl Stats {
+    /// The EVE `stats` event.
+    pub fn event(&self, ts: Timestamp, uptime_secs: u64) -> Value {
+        let mut skipped = Map::new();
+        for r in SkipReason::ALL {
+            skipped.insert(r.as_str().into(), self.decode.skipped[r.index()].into());
+        }
+        let unsupported: Map<String, Value> = self
+            .decode
+            .unsupported_links
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, n)| (l.to_string(), (*n).into()))
+            .collect();
+        let mut by_kind = Map::new();
+        for k in Kind::ALL {
+            let n = self.alerts.by_kind[k.index()];
+            if n > 0 {
+                by_kind.insert(k.as_str().into(), n.into());
+            }
+        }
+        let d = &self.decode;
+        let f = &self.flow;
+        let r = &f.reassembly;
+        json!({
+            "timestamp": ts.rfc3339().to_string(),
+            "event_type": "stats",
+            "stats": {
+                "uptime": uptime_secs,
+                "capture": {
+                    "frames": self.capture.frames,
+                    "input_bytes": self.capture.file_bytes,
+                    "other_blocks": self.capture.other_blocks,
+                    "kernel_packets": self.capture.kernel_received,
+                    "kernel_drops": self.capture.kernel_drops,
+                    "kernel_ifdrops": self.capture.if_drops,
+                    "truncated_inputs": self.truncated_inputs.iter().map(|(p, o)| json!({"input": p, "offset": o})).collect::<Vec<_>>(),
+                },
+                "decoder": {
+                    "pkts": d.packets, "bytes": d.bytes,
+                    "ipv4": d.ipv4, "ipv6": d.ipv6, "tcp": d.tcp, "udp": d.udp,
+                    "icmp": d.icmp, "arp": d.arp, "other_ip_proto": d.other_ip_proto,
+                    "vlan": d.vlan, "vxlan": d.vxlan,
+                    "snapped": d.snapped, "first_fragments": d.first_fragments,
+                    "skipped": d.skipped_total(),
+                    "skipped_by_reason": skipped,
+                    "unsupported_link_types": unsupported,
+                },
+                "flow": {
+                    "total": f.created, "tcp": f.tcp, "udp": f.udp, "other": f.other,
+                    "active": self.flows_active, "ended": f.ended, "peak_active": f.peak_active,
+                    "evicted": f.evicted, "idle_timeouts": f.idle_timeouts,
+                    "active_timeouts": f.active_timeouts,
+                },
+                "tcp": {
+                    "reassembly_bytes": r.delivered_bytes, "gaps": r.gaps, "gap_bytes": r.gap_bytes,
+                    "ooo_segments": r.ooo_segments, "ooo_overflows": r.ooo_overflows,
+                    "depth_reached": r.depth_reached, "overlap_bytes": r.overlap_bytes,
+                },
+                "app_layer": { "events": self.app_events },
+                "detect": {
+                    "alerts": self.alerts.written,
+                    "alerts_by_kind": by_kind,
+                    "suppressed": self.alerts_suppressed,
+                    "no_rule": self.alerts.no_rule,
+                },
+            }
+        })
+    }
+
+    /// The one-screen summary printed at the end of a run.
+    pub fn summary(&self, secs: f64) -> String {
+        let d = &self.decode;
+        let mut s = String::new();
+        use std::fmt::Write;
+        let _ = writeln!(
+            s,
+            "tapwatch: {} packets ({} bytes) in {:.2} s; {} skipped, {} flows ({} tcp, {} udp, {} other), {} evicted",
+            d.packets, d.bytes, secs, d.skipped_total(), self.flow.created, self.flow.tcp,
+            self.flow.udp, self.flow.other, self.flow.evicted
+        );
+        for r in SkipReason::ALL {
+            let n = d.skipped[r.index()];
+            if n > 0 {
+                let _ = writeln!(s, "  skipped {:<28} {n}", r.as_str());
+            }
+        }
+        for (p, o) in &self.truncated_inputs {
+            let _ = writeln!(
+                s,
+                "  input {p} is cut mid-record at byte {o}: processed up to the cut"
+            );
+        }
+        let _ = writeln!(
+            s,
+            "alerts: {} written, {} suppressed",
+            self.alerts.written, self.alerts_suppressed
+        );
+        for k in Kind::ALL {
+            let n = self.alerts.by_kind[k.index()];
+            if n > 0 {
+                let _ = writeln!(s, "  {:<24} {n}", k.as_str());
+            }
+        }
+        s
+    }
+}
+
+/// Peak resident set size of this process in bytes (Linux: VmHWM), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -1,0 +1,12 @@
+//! The integration suite: one test binary (ripgrep's layout), modules in tests/suite/.
+#[path = "suite/util.rs"]
+mod util;
+
+#[path = "suite/capture.rs"]
+mod capture;
+#[path = "suite/cli.rs"]
+mod cli;
+#[path = "suite/eve.rs"]
+mod eve;
+#[path = "suite/live.rs"]
+mod live;
