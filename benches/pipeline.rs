@@ -7,6 +7,7 @@ use std::path::Path;
 use tapwatch::app::{Emitted, Worker};
 use tapwatch::capture::file::{CaptureFile, Next};
 use tapwatch::decode::{self, Decoded, Decoder};
+use tapwatch::detect::Detectors;
 use tapwatch::flow::{FlowConfig, FlowTable, NoPayload};
 use tapwatch::settings::Settings;
 
@@ -68,18 +69,27 @@ fn bench(c: &mut Criterion) {
                 black_box(ev.len())
             })
         });
-        g.bench_function("worker", |b| {
+        g.bench_function("decode+flow+proto+detect", |b| {
             let settings = Settings::default();
             let rules = tapwatch::detect::rules::RuleSet::embedded().expect("rules");
             b.iter(|| {
-                let mut w = Worker::new(&settings, &rules).expect("worker");
+                let mut w = Worker::new(&settings);
+                let mut det = Detectors::new(&settings, &rules).expect("detectors");
                 let mut out: Vec<Emitted> = Vec::new();
+                let mut findings = Vec::new();
                 for f in &fr {
                     w.frame(&raw(f), &mut out);
-                    out.clear();
+                    for e in out.drain(..) {
+                        det.on_event(&e, &mut findings);
+                    }
+                    findings.clear();
                 }
                 w.finish(&mut out);
-                black_box(out.len())
+                for e in out.drain(..) {
+                    det.on_event(&e, &mut findings);
+                }
+                det.finish(&mut findings);
+                black_box(findings.len())
             })
         });
         g.finish();

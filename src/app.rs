@@ -5,10 +5,11 @@ use crate::alert::{flow_event, Alerter, EveWriter};
 use crate::capture::file::{CaptureError, CaptureFile, Next};
 use crate::capture::RawFrame;
 use crate::decode::{self, Decoded, Decoder};
+use crate::decode::{Net, PacketSummary};
 use crate::detect::rules::{RuleError, RuleSet};
 use crate::detect::{Detectors, Finding};
-use crate::flow::{FlowEvent, FlowRecord, FlowTable};
-use crate::proto::Analyzer;
+use crate::flow::{Direction, FlowEvent, FlowMeta, FlowRecord, FlowTable};
+use crate::proto::{Analyzer, ProtoEvent};
 use crate::settings::{ConfigError, Settings};
 use crate::stats::Stats;
 use crate::time::Timestamp;
@@ -60,11 +61,19 @@ pub fn load_rules(dir: Option<&Path>) -> Result<RuleSet, RuleError> {
     }
 }
 
-/// Something a worker hands to the writer.
+/// What a worker hands to the analysis stage: flow starts, application events, flow records and
+/// the packets that belong to no flow (ARP). All owned, so they can cross threads in batches.
 #[derive(Debug)]
 pub enum Emitted {
-    Finding(Finding),
+    Started(FlowMeta),
+    App {
+        meta: FlowMeta,
+        ts: Timestamp,
+        dir: Direction,
+        event: ProtoEvent,
+    },
     Flow(FlowRecord),
+    Packet(PacketSummary),
 }
 
 /// Time spent per stage (bench mode).
@@ -72,31 +81,27 @@ pub enum Emitted {
 pub struct StageTimes {
     pub decode: Duration,
     pub flow: Duration,
-    pub detect: Duration,
+    pub analysis: Duration,
 }
 
-/// One worker's stages: decode -> flow (+ protocol analyzers) -> detectors.
+/// One worker's stages: decode -> flow (+ protocol analyzers). Owns its flow table shard.
 pub struct Worker {
     pub decoder: Decoder,
     pub flows: FlowTable<Analyzer>,
-    pub detectors: Detectors,
-    events: Vec<FlowEvent<crate::proto::ProtoEvent>>,
-    findings: Vec<Finding>,
+    events: Vec<FlowEvent<ProtoEvent>>,
     pub app_events: u64,
     pub timing: Option<StageTimes>,
 }
 
 impl Worker {
-    pub fn new(settings: &Settings, rules: &RuleSet) -> Result<Self, AppError> {
-        Ok(Worker {
+    pub fn new(settings: &Settings) -> Self {
+        Worker {
             decoder: Decoder::new(),
             flows: FlowTable::new(settings.flow),
-            detectors: Detectors::new(settings, rules)?,
             events: Vec::with_capacity(64),
-            findings: Vec::with_capacity(16),
             app_events: 0,
             timing: None,
-        })
+        }
     }
 
     /// Runs one frame through the stages.
@@ -105,40 +110,49 @@ impl Worker {
         let d = self.decoder.decode(frame);
         let t1 = t0.map(|_| Instant::now());
         if let Decoded::Packet(p) = d {
-            self.flows
-                .observe(&p, decode::payload(frame, &p), &mut self.events);
-            let t2 = t0.map(|_| Instant::now());
-            self.detectors.on_packet(&p, &mut self.findings);
-            self.dispatch(out);
-            if let (Some(t), Some(t0), Some(t1), Some(t2)) = (self.timing.as_mut(), t0, t1, t2) {
-                t.decode += t1 - t0;
-                t.flow += t2 - t1;
-                t.detect += t2.elapsed();
+            if matches!(p.net, Net::Arp(_)) {
+                out.push(Emitted::Packet(p));
+            } else {
+                self.flows
+                    .observe(&p, decode::payload(frame, &p), &mut self.events);
+                self.hand_on(out);
             }
-        } else if let (Some(t), Some(t0), Some(t1)) = (self.timing.as_mut(), t0, t1) {
+            if let (Some(t), Some(t1)) = (self.timing.as_mut(), t1) {
+                t.flow += t1.elapsed();
+            }
+        }
+        if let (Some(t), Some(t0), Some(t1)) = (self.timing.as_mut(), t0, t1) {
             t.decode += t1 - t0;
         }
     }
 
-    fn dispatch(&mut self, out: &mut Vec<Emitted>) {
+    fn hand_on(&mut self, out: &mut Vec<Emitted>) {
         for ev in self.events.drain(..) {
-            if matches!(ev, FlowEvent::App { .. }) {
-                self.app_events += 1;
-            }
-            self.detectors.on_flow_event(&ev, &mut self.findings);
-            if let FlowEvent::Ended(r) = ev {
-                out.push(Emitted::Flow(r));
-            }
+            out.push(match ev {
+                FlowEvent::Started(m) => Emitted::Started(m),
+                FlowEvent::App {
+                    meta,
+                    ts,
+                    dir,
+                    event,
+                } => {
+                    self.app_events += 1;
+                    Emitted::App {
+                        meta,
+                        ts,
+                        dir,
+                        event,
+                    }
+                }
+                FlowEvent::Ended(r) => Emitted::Flow(r),
+            });
         }
-        out.extend(self.findings.drain(..).map(Emitted::Finding));
     }
 
     /// End of input: every flow ends.
     pub fn finish(&mut self, out: &mut Vec<Emitted>) {
         self.flows.drain(&mut self.events);
-        self.dispatch(out);
-        self.detectors.finish(&mut self.findings);
-        out.extend(self.findings.drain(..).map(Emitted::Finding));
+        self.hand_on(out);
     }
 
     /// Latest packet time seen.
@@ -161,6 +175,8 @@ pub struct OutputOptions {
 /// The single-threaded engine: a worker plus the writer.
 pub struct Engine {
     pub worker: Worker,
+    pub detectors: Detectors,
+    findings: Vec<Finding>,
     alerter: Alerter,
     pub writer: EveWriter,
     emit_flows: bool,
@@ -189,7 +205,9 @@ impl Engine {
             }
         };
         Ok(Engine {
-            worker: Worker::new(settings, &rules)?,
+            worker: Worker::new(settings),
+            detectors: Detectors::new(settings, &rules)?,
+            findings: Vec::with_capacity(16),
             alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
             writer: EveWriter::new(sink, &target),
             emit_flows: out.flows,
@@ -228,18 +246,30 @@ impl Engine {
     }
 
     fn write_emitted(&mut self) {
+        let t0 = self.worker.timing.map(|_| Instant::now());
         for e in self.emitted.drain(..) {
-            match e {
-                Emitted::Finding(f) => {
-                    if let Some(v) = self.alerter.alert(&f) {
-                        self.writer.write(&v);
-                    }
+            self.detectors.on_event(&e, &mut self.findings);
+            if let Emitted::Flow(r) = &e {
+                if self.emit_flows {
+                    self.writer.write(&flow_event(r));
                 }
-                Emitted::Flow(r) => {
-                    if self.emit_flows {
-                        self.writer.write(&flow_event(&r));
-                    }
+            }
+            for f in self.findings.drain(..) {
+                if let Some(v) = self.alerter.alert(&f) {
+                    self.writer.write(&v);
                 }
+            }
+        }
+        if let (Some(t), Some(t0)) = (self.worker.timing.as_mut(), t0) {
+            t.analysis += t0.elapsed();
+        }
+    }
+
+    fn finish_detectors(&mut self) {
+        self.detectors.finish(&mut self.findings);
+        for f in self.findings.drain(..) {
+            if let Some(v) = self.alerter.alert(&f) {
+                self.writer.write(&v);
             }
         }
     }
@@ -265,6 +295,7 @@ impl Engine {
     pub fn finish(&mut self) -> Result<(), AppError> {
         self.worker.finish(&mut self.emitted);
         self.write_emitted();
+        self.finish_detectors();
         let now = self.worker.now();
         self.write_stats(now);
         self.writer.flush();
@@ -447,14 +478,14 @@ pub fn bench_report(r: &ReplayReport) -> String {
     );
     if let Some(t) = r.times {
         let per = |d: Duration| d.as_nanos() as f64 / pkts.max(1) as f64;
-        let staged = t.decode + t.flow + t.detect;
+        let staged = t.decode + t.flow + t.analysis;
         let other = r.wall.saturating_sub(staged);
         s += &format!(
-            "per stage (ns/packet; timing adds overhead)\n  capture+other {:8.1}\n  decode        {:8.1}\n  flow+proto    {:8.1}\n  detect        {:8.1}\n",
+            "per stage (ns/packet; timing adds overhead)\n  capture+other {:8.1}\n  decode        {:8.1}\n  flow+proto    {:8.1}\n  analysis      {:8.1}\n",
             per(other),
             per(t.decode),
             per(t.flow),
-            per(t.detect)
+            per(t.analysis)
         );
     }
     if let Some(rss) = crate::stats::peak_rss_bytes() {

@@ -10,3 +10,5 @@ mod cli;
 mod eve;
 #[path = "suite/live.rs"]
 mod live;
+#[path = "suite/protocols.rs"]
+mod protocols;

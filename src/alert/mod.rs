@@ -114,13 +114,13 @@ fn header(
     }
     if let Some(s) = src {
         m.insert("src_ip".into(), s.ip.to_string().into());
-        if proto == 6 || proto == 17 {
+        if (proto == 6 || proto == 17) && s.port != 0 {
             m.insert("src_port".into(), s.port.into());
         }
     }
     if let Some(d) = dst {
         m.insert("dest_ip".into(), d.ip.to_string().into());
-        if proto == 6 || proto == 17 {
+        if (proto == 6 || proto == 17) && d.port != 0 {
             m.insert("dest_port".into(), d.port.into());
         }
     }

@@ -4,6 +4,7 @@
 //! which rule, with the evidence that explains it. Detectors decide; they neither suppress nor
 //! write (that is the alert stage's job).
 
+pub mod protocol;
 pub mod rules;
 
 use crate::decode::Vlans;
@@ -142,26 +143,36 @@ impl Finding {
     }
 }
 
-use crate::decode::PacketSummary;
-use crate::flow::FlowEvent;
-use crate::proto::ProtoEvent;
+use crate::app::Emitted;
 use crate::settings::Settings;
 use rules::{RuleError, RuleSet};
 
-/// The detectors of one worker, built from the rules at start-up.
-pub struct Detectors {}
+/// The detectors of the analysis stage, built from the rules at start-up. They see every flow
+/// start, application event and flow record, whichever worker produced it.
+pub struct Detectors {
+    pub protocol: protocol::ProtocolDetector,
+}
 
 impl Detectors {
-    pub fn new(_settings: &Settings, _rules: &RuleSet) -> Result<Self, RuleError> {
-        Ok(Detectors {})
+    pub fn new(settings: &Settings, rules: &RuleSet) -> Result<Self, RuleError> {
+        Ok(Detectors {
+            protocol: protocol::ProtocolDetector::new(rules, settings.alert.reveal_secrets)?,
+        })
     }
 
-    /// Every decoded packet.
-    pub fn on_packet(&mut self, _p: &PacketSummary, _out: &mut Vec<Finding>) {}
+    /// One event from a worker.
+    pub fn on_event(&mut self, ev: &Emitted, out: &mut Vec<Finding>) {
+        match ev {
+            Emitted::App {
+                meta, ts, event, ..
+            } => self.protocol.on_app(meta, *ts, event, out),
+            Emitted::Flow(r) => self.protocol.on_flow_end(r, out),
+            Emitted::Started(_) | Emitted::Packet(_) => {}
+        }
+    }
 
-    /// Flow starts, application events and flow records.
-    pub fn on_flow_event(&mut self, _ev: &FlowEvent<ProtoEvent>, _out: &mut Vec<Finding>) {}
-
-    /// End of input.
-    pub fn finish(&mut self, _out: &mut Vec<Finding>) {}
+    /// End of input: report what is still open.
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        self.protocol.finish(out);
+    }
 }

@@ -42,6 +42,11 @@ pub trait StreamHandler: Sized {
     fn wants_whole_stream(&self) -> bool {
         false
     }
+    /// True when the content showed that the initiator guessed for a flow picked up mid-stream
+    /// is really the server: events and the record are then written with the roles swapped.
+    fn roles_swapped(&self) -> bool {
+        false
+    }
 }
 
 /// A handler that inspects nothing (for pipelines without protocol analysis).
@@ -366,7 +371,11 @@ impl<H: StreamHandler> FlowTable<H> {
                         &mut self.counters.reassembly,
                     );
                 }
-                let meta = e.rec.meta;
+                let (meta, dir) = if h.roles_swapped() {
+                    (e.rec.meta.swapped(), dir.flip())
+                } else {
+                    (e.rec.meta, dir)
+                };
                 for ev in self.scratch.drain(before..) {
                     out.push(FlowEvent::App {
                         meta,
@@ -405,9 +414,18 @@ impl<H: StreamHandler> FlowTable<H> {
         if self.map.len() >= self.cfg.max_flows.max(1) {
             self.evict_one(out);
         }
-        // A SYN-ACK as first packet means the SYN was missed: the receiver is the initiator.
-        let reversed = matches!(l4, Transport::Tcp { flags, .. }
-            if flags.syn() && flags.ack());
+        // Who started the connection. A SYN-ACK as first packet means the SYN was missed: the
+        // receiver is the initiator. Picked up mid-stream (no SYN at all), the side with the
+        // lower port is taken as the server, as ephemeral client ports are high.
+        let reversed = match l4 {
+            Transport::Tcp {
+                flags,
+                sport,
+                dport,
+                ..
+            } => (flags.syn() && flags.ack()) || (!flags.syn() && sport < dport),
+            _ => false,
+        };
         let (initiator, responder, imac, rmac) = if reversed {
             (dst, src, p.dst_mac, p.src_mac)
         } else {
@@ -492,9 +510,15 @@ impl<H: StreamHandler> FlowTable<H> {
             return;
         }
         e.live = false;
-        let meta = e.rec.meta;
         let ts = e.rec.last;
+        let mut swapped = false;
         if let Some(mut h) = e.handler.take() {
+            swapped = h.roles_swapped();
+            let meta = if swapped {
+                e.rec.meta.swapped()
+            } else {
+                e.rec.meta
+            };
             let before = self.scratch.len();
             for d in [Direction::Forward, Direction::Reverse] {
                 e.streams[d.index()].flush(
@@ -520,8 +544,14 @@ impl<H: StreamHandler> FlowTable<H> {
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
         e.rec.synack_seen = e.synack;
         e.streams = [Stream::default(), Stream::default()];
-        let rec = e.rec;
-        self.map.remove(&rec.meta.key);
+        let key = e.rec.meta.key;
+        let mut rec = e.rec;
+        if swapped {
+            rec.meta = rec.meta.swapped();
+            std::mem::swap(&mut rec.fwd, &mut rec.rev);
+            rec.gaps.swap(0, 1);
+        }
+        self.map.remove(&key);
         self.free.push(idx);
         self.counters.ended += 1;
         out.push(FlowEvent::Ended(rec));

@@ -23,6 +23,17 @@ pub struct FlowMeta {
 }
 
 impl FlowMeta {
+    /// The same flow with initiator and responder exchanged.
+    pub fn swapped(&self) -> FlowMeta {
+        FlowMeta {
+            initiator: self.responder,
+            responder: self.initiator,
+            initiator_mac: self.responder_mac,
+            responder_mac: self.initiator_mac,
+            ..*self
+        }
+    }
+
     /// Source and destination of a packet going in `dir`.
     pub fn endpoints(&self, dir: Direction) -> (Endpoint, Endpoint) {
         match dir {

@@ -1,0 +1,883 @@
+//! Detectors on protocol events: plaintext sessions, clear-text and default credentials, brute
+//! force (and password spraying), MQTT topic policy, weak TLS and protocol anomalies.
+//!
+//! The analyzers in `proto/` describe what was said; this module decides what is worth an alert.
+
+use super::rules::{Rule, RuleError, RuleSet};
+use super::{Finding, Kind};
+use crate::flow::{FlowId, FlowMeta, FlowRecord};
+use crate::proto::{AppProto, Outcome, ProtoEvent};
+use crate::time::Timestamp;
+use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// Default credential lists built into the binary (used with the built-in rules).
+const EMBEDDED_LISTS: &[(&str, &str)] = &[
+    (
+        "credentials/mirai.txt",
+        include_str!("../../rules/credentials/mirai.txt"),
+    ),
+    (
+        "credentials/vendors.txt",
+        include_str!("../../rules/credentials/vendors.txt"),
+    ),
+];
+const EMBEDDED_ACL: (&str, &str) = (
+    "policy/mqtt-topics.toml",
+    include_str!("../../rules/policy/mqtt-topics.toml"),
+);
+
+/// Masks a secret as first character, stars, last character (`p******d`).
+pub fn mask(secret: &[u8]) -> String {
+    let s = String::from_utf8_lossy(secret);
+    let chars: Vec<char> = s.chars().collect();
+    match chars.len() {
+        0 => String::new(),
+        1 | 2 => "*".repeat(chars.len()),
+        n => format!("{}{}{}", chars[0], "*".repeat(n - 2), chars[n - 1]),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultCredParams {
+    /// Credential list files, relative to the rules directory.
+    #[serde(default = "default_lists")]
+    lists: Vec<String>,
+}
+fn default_lists() -> Vec<String> {
+    EMBEDDED_LISTS.iter().map(|(n, _)| n.to_string()).collect()
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct BruteParams {
+    /// Failed logins from one source to one service that make a brute force.
+    #[serde(default = "d_failures")]
+    failures: u32,
+    /// An episode ends after this many seconds without a failure (seconds of packet time).
+    #[serde(default = "d_window")]
+    window_secs: u64,
+    /// A long episode is reported at least this often.
+    #[serde(default = "d_max_episode")]
+    max_episode_secs: u64,
+    /// Distinct usernames that make it password spraying.
+    #[serde(default = "d_spray")]
+    spray_usernames: u32,
+    /// Short connections from one source to one SSH server that make an SSH brute force
+    /// (SSH is encrypted: judged from connection patterns).
+    #[serde(default = "d_ssh_conns")]
+    ssh_connections: u32,
+}
+fn d_failures() -> u32 {
+    5
+}
+fn d_window() -> u64 {
+    60
+}
+fn d_max_episode() -> u64 {
+    300
+}
+fn d_spray() -> u32 {
+    5
+}
+fn d_ssh_conns() -> u32 {
+    8
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclParams {
+    /// Topic policy file, relative to the rules directory.
+    #[serde(default = "d_policy")]
+    policy: String,
+}
+fn d_policy() -> String {
+    EMBEDDED_ACL.0.into()
+}
+
+/// Topic policy: which device may publish or subscribe to which topic filters.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AclFile {
+    /// Devices allowed to subscribe to `#` or `$SYS/#` (IP, CIDR or client id).
+    #[serde(default)]
+    wildcard_subscribers: Vec<String>,
+    #[serde(default)]
+    device: Vec<AclEntry>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct AclEntry {
+    /// IP address or CIDR of the device.
+    ip: Option<String>,
+    /// MQTT client id (exact, or a prefix ending in `*`).
+    client_id: Option<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    subscribe: Vec<String>,
+}
+
+enum Who {
+    Net(ipnet::IpNet),
+    Client(String),
+}
+
+impl Who {
+    fn parse(s: &str) -> Who {
+        match crate::settings::parse_cidr(s) {
+            Ok(n) => Who::Net(n),
+            Err(_) => Who::Client(s.to_string()),
+        }
+    }
+    fn matches(&self, ip: IpAddr, client_id: Option<&str>) -> bool {
+        match self {
+            Who::Net(n) => n.contains(&ip),
+            Who::Client(c) => client_id.is_some_and(|id| match c.strip_suffix('*') {
+                Some(prefix) => id.starts_with(prefix),
+                None => id == c,
+            }),
+        }
+    }
+}
+
+struct Acl {
+    wildcard: Vec<Who>,
+    devices: Vec<(Who, Vec<String>, Vec<String>)>,
+    origin: String,
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest).
+pub fn topic_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return !topic.starts_with('$') || !filter.starts_with('#'),
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A subscription filter is covered by an allowed filter when every topic it can match is.
+fn filter_covered(allowed: &str, requested: &str) -> bool {
+    let mut a = allowed.split('/');
+    let mut r = requested.split('/');
+    loop {
+        match (a.next(), r.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(x)) if x != "#" => {}
+            (Some(x), Some(y)) if x == y => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl Acl {
+    fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&(Who, Vec<String>, Vec<String>)> {
+        self.devices.iter().find(|(w, _, _)| w.matches(ip, client))
+    }
+}
+
+/// Per brute-force episode state (one source against one service).
+struct Episode {
+    app: AppProto,
+    first: Timestamp,
+    last: Timestamp,
+    failures: u32,
+    successes: u32,
+    usernames: BTreeSet<String>,
+    accepted_user: Option<String>,
+    meta: FlowMeta,
+}
+
+const MAX_USERNAMES: usize = 64;
+const MAX_TRACKED: usize = 100_000;
+
+/// Short SSH connections from one source to one server: (first, last, count, a flow of them).
+type SshEpisode = (Timestamp, Timestamp, u32, FlowMeta);
+
+/// Per-flow facts the detectors remember until the flow ends.
+#[derive(Default)]
+struct FlowFacts {
+    client_id: Option<String>,
+    plaintext_done: bool,
+    encrypted: bool,
+    app: Option<AppProto>,
+}
+
+/// The protocol-event detectors.
+pub struct ProtocolDetector {
+    reveal: bool,
+    defaults: HashSet<(String, Vec<u8>)>,
+    default_lists: Vec<String>,
+    brute: BruteParams,
+    episodes: HashMap<(IpAddr, IpAddr, u16), Episode>,
+    ssh: HashMap<(IpAddr, IpAddr, u16), SshEpisode>,
+    acl: Option<Acl>,
+    flows: HashMap<FlowId, FlowFacts>,
+    last_sweep: Timestamp,
+    /// Tracking entries dropped because a table was full.
+    pub evicted: u64,
+}
+
+fn rule_file(
+    rules: &RuleSet,
+    rel: &str,
+    embedded: &[(&str, &str)],
+    rule: &Rule,
+) -> Result<(String, String), RuleError> {
+    match &rules.dir {
+        Some(dir) => {
+            let p: PathBuf = dir.join(rel);
+            std::fs::read_to_string(&p)
+                .map(|t| (p.display().to_string(), t))
+                .map_err(|e| rule.error(format!("{}: {e}", p.display())))
+        }
+        None => embedded
+            .iter()
+            .find(|(n, _)| *n == rel)
+            .map(|(n, t)| (format!("built-in rules/{n}"), t.to_string()))
+            .ok_or_else(|| rule.error(format!("{rel}: no such built-in file"))),
+    }
+}
+
+impl ProtocolDetector {
+    pub fn new(rules: &RuleSet, reveal: bool) -> Result<Self, RuleError> {
+        let mut d = ProtocolDetector {
+            reveal,
+            defaults: HashSet::new(),
+            default_lists: Vec::new(),
+            brute: BruteParams {
+                failures: d_failures(),
+                window_secs: d_window(),
+                max_episode_secs: d_max_episode(),
+                spray_usernames: d_spray(),
+                ssh_connections: d_ssh_conns(),
+            },
+            episodes: HashMap::new(),
+            ssh: HashMap::new(),
+            acl: None,
+            flows: HashMap::new(),
+            last_sweep: Timestamp::ZERO,
+            evicted: 0,
+        };
+        if let Some(r) = rules.get(Kind::DefaultCredentials, "") {
+            let p: DefaultCredParams = r.params()?;
+            for rel in &p.lists {
+                let (name, text) = rule_file(rules, rel, EMBEDDED_LISTS, r)?;
+                for (i, line) in text.lines().enumerate() {
+                    let line = line.trim_end_matches('\r');
+                    if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                        continue;
+                    }
+                    let Some((u, pw)) = line.split_once(':') else {
+                        return Err(RuleError {
+                            file: name.clone(),
+                            line: i + 1,
+                            reason: format!("expected username:password, got {line:?}"),
+                        });
+                    };
+                    d.defaults.insert((u.to_string(), pw.as_bytes().to_vec()));
+                }
+                d.default_lists.push(rel.clone());
+            }
+        }
+        if let Some(r) = rules.get(Kind::BruteForce, "") {
+            d.brute = r.params()?;
+            if d.brute.failures == 0 || d.brute.window_secs == 0 {
+                return Err(r.error("params.failures and params.window_secs must be positive"));
+            }
+        }
+        if let Some(r) = rules.get(Kind::TopicAclViolation, "") {
+            let p: AclParams = r.params()?;
+            let (name, text) = rule_file(rules, &p.policy, &[EMBEDDED_ACL], r)?;
+            let f: AclFile = toml::from_str(&text).map_err(|e| RuleError {
+                file: name.clone(),
+                line: e.span().map_or(0, |s| {
+                    text[..s.start.min(text.len())].lines().count().max(1)
+                }),
+                reason: e.message().to_string(),
+            })?;
+            let mut devices = Vec::new();
+            for e in f.device {
+                let who = match (&e.ip, &e.client_id) {
+                    (Some(ip), None) => {
+                        Who::Net(crate::settings::parse_cidr(ip).map_err(|reason| RuleError {
+                            file: name.clone(),
+                            line: 0,
+                            reason,
+                        })?)
+                    }
+                    (None, Some(c)) => Who::Client(c.clone()),
+                    _ => {
+                        return Err(RuleError {
+                            file: name.clone(),
+                            line: 0,
+                            reason: "each [[device]] needs exactly one of ip or client_id".into(),
+                        })
+                    }
+                };
+                devices.push((who, e.publish, e.subscribe));
+            }
+            d.acl = Some(Acl {
+                wildcard: f
+                    .wildcard_subscribers
+                    .iter()
+                    .map(|s| Who::parse(s))
+                    .collect(),
+                devices,
+                origin: name,
+            });
+        }
+        Ok(d)
+    }
+
+    /// Number of default credential pairs loaded.
+    pub fn default_credentials(&self) -> usize {
+        self.defaults.len()
+    }
+
+    fn secret(&self, pw: &[u8]) -> serde_json::Value {
+        if self.reveal {
+            String::from_utf8_lossy(pw).into_owned().into()
+        } else {
+            mask(pw).into()
+        }
+    }
+
+    fn facts(&mut self, id: FlowId) -> &mut FlowFacts {
+        if self.flows.len() >= MAX_TRACKED && !self.flows.contains_key(&id) {
+            self.flows.clear();
+            self.evicted += 1;
+        }
+        self.flows.entry(id).or_default()
+    }
+
+    /// One application event of a flow.
+    pub fn on_app(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        ev: &ProtoEvent,
+        out: &mut Vec<Finding>,
+    ) {
+        self.sweep(ts, out);
+        match ev {
+            ProtoEvent::Detected { app } => {
+                let f = self.facts(meta.id);
+                f.app = Some(*app);
+                if matches!(app, AppProto::Mqtt | AppProto::MqttWs | AppProto::Telnet) {
+                    self.plaintext(meta, ts, *app, out);
+                }
+            }
+            ProtoEvent::HttpRequest {
+                method,
+                uri,
+                host,
+                user_agent,
+                websocket_mqtt,
+                ..
+            } => {
+                let mut f = self.plaintext_finding(meta, ts, AppProto::Http);
+                if let Some(f) = f.as_mut() {
+                    f.evidence
+                        .insert("http_method".into(), method.clone().into());
+                    f.evidence.insert("url".into(), uri.clone().into());
+                    if let Some(h) = host {
+                        f.evidence.insert("hostname".into(), h.clone().into());
+                    }
+                    if let Some(ua) = user_agent {
+                        f.evidence
+                            .insert("http_user_agent".into(), ua.clone().into());
+                    }
+                    if *websocket_mqtt {
+                        f.evidence.insert("websocket_mqtt".into(), true.into());
+                    }
+                }
+                out.extend(f);
+            }
+            ProtoEvent::FtpCommand { verb, .. } => {
+                let v = verb.to_ascii_uppercase();
+                if v != "AUTH" && v != "FEAT" && !self.facts(meta.id).encrypted {
+                    self.plaintext(meta, ts, AppProto::Ftp, out);
+                }
+            }
+            ProtoEvent::StartTls { .. } => self.facts(meta.id).encrypted = true,
+            ProtoEvent::MqttConnect {
+                client_id,
+                auth_method,
+                level,
+                ..
+            } => {
+                self.facts(meta.id).client_id = Some(client_id.clone());
+                let _ = (auth_method, level);
+            }
+            ProtoEvent::Login {
+                app,
+                username,
+                password,
+                method,
+                outcome,
+            } => {
+                self.login(
+                    meta,
+                    ts,
+                    *app,
+                    username,
+                    password.as_deref(),
+                    method,
+                    *outcome,
+                    out,
+                );
+            }
+            ProtoEvent::MqttPublish {
+                topic, qos, retain, ..
+            } => {
+                self.acl_publish(meta, ts, topic, *qos, *retain, out);
+            }
+            ProtoEvent::MqttSubscribe { filters } => self.acl_subscribe(meta, ts, filters, out),
+            ProtoEvent::TlsClientHello {
+                sni,
+                legacy_version,
+                supported_versions,
+                ja3,
+                ja4,
+                ..
+            } => {
+                let highest = supported_versions
+                    .iter()
+                    .copied()
+                    .filter(|v| v & 0x0f0f != 0x0a0a)
+                    .max()
+                    .unwrap_or(*legacy_version);
+                if highest < 0x0303 {
+                    let mut f = Finding::for_flow(ts, Kind::WeakTls, meta, Some("tls"))
+                        .with("tls_version", tls_version_name(highest))
+                        .with("stage", "offered")
+                        .with("ja3", ja3.clone())
+                        .with("ja4", ja4.clone());
+                    if let Some(s) = sni {
+                        f = f.with("sni", s.clone());
+                    }
+                    f.identifier = format!(
+                        "{}|{}|offered|{highest}",
+                        meta.initiator.ip, meta.responder.ip
+                    );
+                    out.push(f);
+                }
+            }
+            ProtoEvent::TlsServerHello {
+                version,
+                cipher,
+                hello_retry: false,
+            } if *version < 0x0303 => {
+                let mut f = Finding::for_flow(ts, Kind::WeakTls, meta, Some("tls"))
+                    .with("tls_version", tls_version_name(*version))
+                    .with("stage", "negotiated")
+                    .with("cipher_suite", format!("0x{cipher:04x}"));
+                f.identifier = format!(
+                    "{}|{}|negotiated|{version}",
+                    meta.initiator.ip, meta.responder.ip
+                );
+                out.push(f);
+            }
+            ProtoEvent::Anomaly { app, name } => {
+                let mut f = Finding::for_flow(ts, Kind::ProtocolAnomaly, meta, Some(app.as_str()))
+                    .with("anomaly", *name);
+                f.identifier = format!("{}|{}|{name}", meta.initiator.ip, meta.responder.ip);
+                out.push(f);
+            }
+            _ => {}
+        }
+    }
+
+    fn plaintext_finding(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        app: AppProto,
+    ) -> Option<Finding> {
+        let f = self.facts(meta.id);
+        if f.plaintext_done || f.encrypted {
+            return None;
+        }
+        f.plaintext_done = true;
+        let kind = match app {
+            AppProto::Mqtt | AppProto::MqttWs => Kind::PlaintextMqtt,
+            AppProto::Http => Kind::PlaintextHttp,
+            AppProto::Telnet => Kind::PlaintextTelnet,
+            AppProto::Ftp => Kind::PlaintextFtp,
+            _ => return None,
+        };
+        let mut finding = Finding::for_flow(ts, kind, meta, Some(app.as_str()))
+            .with("app_proto", app.as_str())
+            .with("server_port", meta.responder.port);
+        // One alert per device and service within the rule's window; the rest are counted.
+        finding.identifier = format!(
+            "{}|{}|{}",
+            meta.initiator.ip, meta.responder.ip, meta.responder.port
+        );
+        Some(finding)
+    }
+
+    fn plaintext(&mut self, meta: &FlowMeta, ts: Timestamp, app: AppProto, out: &mut Vec<Finding>) {
+        out.extend(self.plaintext_finding(meta, ts, app));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn login(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        app: AppProto,
+        username: &str,
+        password: Option<&[u8]>,
+        method: &str,
+        outcome: Outcome,
+        out: &mut Vec<Finding>,
+    ) {
+        let app_s = app.as_str();
+        if let Some(pw) = password {
+            let mut f = Finding::for_flow(ts, Kind::CleartextCredentials, meta, Some(app_s))
+                .with("username", username)
+                .with("password", self.secret(pw))
+                .with("password_length", pw.len())
+                .with("method", method)
+                .with("outcome", outcome.as_str());
+            f.identifier = format!(
+                "{}|{}|{}|{}|{}",
+                meta.initiator.ip,
+                meta.responder.ip,
+                meta.responder.port,
+                username,
+                outcome.as_str()
+            );
+            out.push(f);
+            if self.defaults.contains(&(username.to_string(), pw.to_vec())) {
+                let mut f = Finding::for_flow(ts, Kind::DefaultCredentials, meta, Some(app_s))
+                    .with("username", username)
+                    .with("password", self.secret(pw))
+                    .with("password_length", pw.len())
+                    .with("method", method)
+                    .with("outcome", outcome.as_str())
+                    .with("lists", self.default_lists.clone());
+                f.identifier = format!(
+                    "{}|{}|{}|{}|{}|{}",
+                    meta.initiator.ip,
+                    meta.responder.ip,
+                    meta.responder.port,
+                    username,
+                    mask(pw),
+                    outcome.as_str()
+                );
+                out.push(f);
+            }
+        }
+        // Brute force: failures per source and service.
+        let key = (meta.initiator.ip, meta.responder.ip, meta.responder.port);
+        if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
+            self.evicted += self.episodes.len() as u64;
+            self.episodes.clear();
+        }
+        let e = self.episodes.entry(key).or_insert_with(|| Episode {
+            app,
+            first: ts,
+            last: ts,
+            failures: 0,
+            successes: 0,
+            usernames: BTreeSet::new(),
+            accepted_user: None,
+            meta: *meta,
+        });
+        match outcome {
+            Outcome::Rejected => {
+                e.failures += 1;
+                e.last = ts;
+                if e.usernames.len() < MAX_USERNAMES {
+                    e.usernames.insert(username.to_string());
+                }
+            }
+            Outcome::Accepted => {
+                e.successes += 1;
+                if e.failures > 0 {
+                    e.accepted_user = Some(username.to_string());
+                    e.last = ts;
+                }
+            }
+            Outcome::Unknown => {}
+        }
+    }
+
+    /// Closes brute-force episodes that went quiet (or ran too long).
+    fn sweep(&mut self, now: Timestamp, out: &mut Vec<Finding>) {
+        if now.secs_since(self.last_sweep) < 1 {
+            return;
+        }
+        self.last_sweep = now;
+        let p = self.brute;
+        let done: Vec<_> = self
+            .episodes
+            .iter()
+            .filter(|(_, e)| {
+                now.secs_since(e.last) >= p.window_secs
+                    || now.secs_since(e.first) >= p.max_episode_secs
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            if let Some(e) = self.episodes.remove(&k) {
+                out.extend(self.episode_finding(e));
+            }
+        }
+        let done: Vec<_> = self
+            .ssh
+            .iter()
+            .filter(|(_, v)| {
+                now.secs_since(v.1) >= p.window_secs || now.secs_since(v.0) >= p.max_episode_secs
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in done {
+            if let Some(v) = self.ssh.remove(&k) {
+                out.extend(self.ssh_finding(v));
+            }
+        }
+    }
+
+    fn episode_finding(&self, e: Episode) -> Option<Finding> {
+        if e.failures < self.brute.failures {
+            return None;
+        }
+        let spraying = e.usernames.len() as u32 >= self.brute.spray_usernames;
+        let mut f = Finding::for_flow(e.last, Kind::BruteForce, &e.meta, Some(e.app.as_str()));
+        f.variant = "";
+        f.flow_id = None;
+        f.src = Some(crate::flow::Endpoint {
+            ip: e.meta.initiator.ip,
+            port: 0,
+        });
+        let f = f
+            .with("app_proto", e.app.as_str())
+            .with("failed_logins", e.failures)
+            .with("successful_logins", e.successes)
+            .with("first", e.first.rfc3339().to_string())
+            .with("last", e.last.rfc3339().to_string())
+            .with("window_secs", self.brute.window_secs)
+            .with("distinct_usernames", e.usernames.len())
+            .with(
+                "usernames",
+                e.usernames.iter().take(10).cloned().collect::<Vec<_>>(),
+            )
+            .with("password_spraying", spraying)
+            .with(
+                "final_outcome",
+                if e.accepted_user.is_some() {
+                    "accepted"
+                } else {
+                    "rejected"
+                },
+            );
+        let mut f = match &e.accepted_user {
+            Some(u) => f.with("accepted_username", u.clone()),
+            None => f,
+        };
+        f.identifier = format!(
+            "{}|{}|{}|{}",
+            e.meta.initiator.ip, e.meta.responder.ip, e.meta.responder.port, e.first.0
+        );
+        Some(f)
+    }
+
+    fn ssh_finding(&self, v: (Timestamp, Timestamp, u32, FlowMeta)) -> Option<Finding> {
+        let (first, last, n, meta) = v;
+        if n < self.brute.ssh_connections {
+            return None;
+        }
+        let mut f = Finding::for_flow(last, Kind::BruteForce, &meta, Some("ssh"));
+        f.flow_id = None;
+        f.src = Some(crate::flow::Endpoint {
+            ip: meta.initiator.ip,
+            port: 0,
+        });
+        let mut f = f
+            .with("app_proto", "ssh")
+            .with("connections", n)
+            .with("first", first.rfc3339().to_string())
+            .with("last", last.rfc3339().to_string())
+            .with("window_secs", self.brute.window_secs)
+            .with("method", "connection_pattern")
+            .with("final_outcome", "unknown");
+        f.identifier = format!(
+            "{}|{}|{}|{}",
+            meta.initiator.ip, meta.responder.ip, meta.responder.port, first.0
+        );
+        Some(f)
+    }
+
+    fn acl_publish(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        let Some(acl) = &self.acl else { return };
+        let client = self.flows.get(&meta.id).and_then(|f| f.client_id.clone());
+        let Some((_, publish, _)) = acl.entry(meta.initiator.ip, client.as_deref()) else {
+            return;
+        };
+        if publish.iter().any(|f| topic_matches(f, topic)) {
+            return;
+        }
+        let mut f = Finding::for_flow(ts, Kind::TopicAclViolation, meta, Some("mqtt"))
+            .with("operation", "publish")
+            .with("topic", topic)
+            .with("qos", qos)
+            .with("retain", retain)
+            .with("allowed", publish.clone())
+            .with("policy", acl.origin.clone());
+        if let Some(c) = &client {
+            f = f.with("client_id", c.clone());
+        }
+        f.identifier = format!("{}|publish|{topic}", meta.initiator.ip);
+        out.push(f);
+    }
+
+    fn acl_subscribe(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        filters: &[(String, u8)],
+        out: &mut Vec<Finding>,
+    ) {
+        let Some(acl) = &self.acl else { return };
+        let client = self.flows.get(&meta.id).and_then(|f| f.client_id.clone());
+        let ip = meta.initiator.ip;
+        let entry = acl.entry(ip, client.as_deref());
+        for (filter, _) in filters {
+            let wildcard = filter == "#" || filter.starts_with("$SYS/#") || filter == "$SYS/#";
+            let violation = if wildcard {
+                !acl.wildcard
+                    .iter()
+                    .any(|w| w.matches(ip, client.as_deref()))
+            } else {
+                entry.is_some_and(|(_, _, sub)| !sub.iter().any(|a| filter_covered(a, filter)))
+            };
+            if !violation {
+                continue;
+            }
+            let mut f = Finding::for_flow(ts, Kind::TopicAclViolation, meta, Some("mqtt"))
+                .with("operation", "subscribe")
+                .with("topic_filter", filter.clone())
+                .with("wildcard", wildcard)
+                .with("policy", acl.origin.clone());
+            if let Some((_, _, sub)) = entry {
+                f = f.with("allowed", sub.clone());
+            }
+            if let Some(c) = &client {
+                f = f.with("client_id", c.clone());
+            }
+            f.identifier = format!("{ip}|subscribe|{filter}");
+            out.push(f);
+        }
+    }
+
+    /// A flow ended: SSH connection patterns, and forget the flow's facts.
+    pub fn on_flow_end(&mut self, r: &FlowRecord, out: &mut Vec<Finding>) {
+        self.sweep(r.last, out);
+        let facts = self.flows.remove(&r.meta.id);
+        let is_ssh = r.app == "ssh" || facts.is_some_and(|f| f.app == Some(AppProto::Ssh));
+        if is_ssh && r.meta.proto == 6 {
+            // A login attempt that failed looks like a short session with little data.
+            let short = r.last.secs_since(r.start) < 30 && r.fwd.payload_bytes < 8192;
+            if short {
+                let key = (
+                    r.meta.initiator.ip,
+                    r.meta.responder.ip,
+                    r.meta.responder.port,
+                );
+                if !self.ssh.contains_key(&key) && self.ssh.len() >= MAX_TRACKED {
+                    self.evicted += self.ssh.len() as u64;
+                    self.ssh.clear();
+                }
+                let e = self.ssh.entry(key).or_insert((r.start, r.last, 0, r.meta));
+                e.1 = e.1.max(r.last);
+                e.2 += 1;
+            }
+        }
+    }
+
+    /// End of input: report open episodes.
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        let mut eps: Vec<_> = self.episodes.drain().map(|(_, e)| e).collect();
+        eps.sort_by_key(|e| (e.first, e.meta.id));
+        for e in eps {
+            out.extend(self.episode_finding(e));
+        }
+        let mut ssh: Vec<_> = self.ssh.drain().map(|(_, v)| v).collect();
+        ssh.sort_by_key(|v| (v.0, v.3.id));
+        for v in ssh {
+            out.extend(self.ssh_finding(v));
+        }
+    }
+}
+
+fn tls_version_name(v: u16) -> &'static str {
+    match v {
+        0x0002 => "SSLv2",
+        0x0300 => "SSLv3",
+        0x0301 => "TLSv1.0",
+        0x0302 => "TLSv1.1",
+        0x0303 => "TLSv1.2",
+        0x0304 => "TLSv1.3",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_keep_first_last_and_length() {
+        assert_eq!(mask(b"password"), "p******d");
+        assert_eq!(mask(b"ab"), "**");
+        assert_eq!(mask(b""), "");
+        assert_eq!(mask(b"xc3511"), "x****1");
+    }
+
+    #[test]
+    fn topic_filters() {
+        assert!(topic_matches("site/+/telemetry", "site/a/telemetry"));
+        assert!(!topic_matches("site/+/telemetry", "site/a/b/telemetry"));
+        assert!(topic_matches("site/#", "site/a/b"));
+        assert!(topic_matches("site/#", "site"));
+        assert!(!topic_matches("#", "$SYS/broker"));
+        assert!(filter_covered("site/a/#", "site/a/+/x"));
+        assert!(!filter_covered("site/a/+", "site/a/#"));
+    }
+
+    #[test]
+    fn shipped_lists_hold_mirai_pairs() {
+        let rs = RuleSet::embedded().unwrap();
+        let d = ProtocolDetector::new(&rs, false).unwrap();
+        assert!(d
+            .defaults
+            .contains(&("root".to_string(), b"xc3511".to_vec())));
+        assert!(d
+            .defaults
+            .contains(&("admin".to_string(), b"admin".to_vec())));
+        assert!(d.default_credentials() > 80);
+    }
+}
