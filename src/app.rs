@@ -72,6 +72,13 @@ pub enum Emitted {
         dir: Direction,
         event: ProtoEvent,
     },
+    /// A flow's packets and bytes in one activity window.
+    Activity {
+        meta: FlowMeta,
+        window: Timestamp,
+        fwd: (u64, u64),
+        rev: (u64, u64),
+    },
     Flow(FlowRecord),
     Packet(PacketSummary),
 }
@@ -144,6 +151,17 @@ impl Worker {
                         event,
                     }
                 }
+                FlowEvent::Activity {
+                    meta,
+                    window,
+                    fwd,
+                    rev,
+                } => Emitted::Activity {
+                    meta,
+                    window,
+                    fwd,
+                    rev,
+                },
                 FlowEvent::Ended(r) => Emitted::Flow(r),
             });
         }

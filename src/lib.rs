@@ -22,3 +22,4 @@ pub mod proto;
 pub mod settings;
 pub mod stats;
 pub mod time;
+pub mod device;

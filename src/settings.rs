@@ -30,6 +30,16 @@ struct RawConfig {
     reassembly: RawReassembly,
     alert: RawAlert,
     output: RawOutput,
+    device: RawDevice,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawDevice {
+    window_secs: Option<u64>,
+    max_devices: Option<usize>,
+    max_peers: Option<usize>,
+    max_router_ips: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +102,31 @@ pub struct AlertConfig {
     pub reveal_secrets: bool,
 }
 
+/// Device inventory and baseline settings.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    /// Baseline window (seconds of packet time). Default 60.
+    pub window_secs: u64,
+    /// Devices tracked; beyond it the least recently seen is evicted. Default 10,000.
+    pub max_devices: usize,
+    /// Peers (and services) remembered per device. Default 1,024.
+    pub max_peers: usize,
+    /// A MAC address seen with more source IPs than this is a router: the devices behind it
+    /// are told apart by IP. Default 8.
+    pub max_router_ips: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            window_secs: 60,
+            max_devices: 10_000,
+            max_peers: 1024,
+            max_router_ips: 8,
+        }
+    }
+}
+
 /// Everything the pipeline needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -101,6 +136,7 @@ pub struct Settings {
     pub zones: Vec<(String, Vec<IpNet>)>,
     pub flow: FlowConfig,
     pub alert: AlertConfig,
+    pub device: DeviceConfig,
     /// Interval of `stats` events in live mode (seconds of packet time; 0 = only at the end).
     /// Default 60.
     pub stats_interval_secs: u64,
@@ -120,6 +156,7 @@ impl Default for Settings {
                 reveal_secrets: false,
             },
             stats_interval_secs: 60,
+            device: DeviceConfig::default(),
         }
     }
 }
@@ -192,6 +229,7 @@ impl Settings {
             udp_idle_timeout: f.udp_idle_timeout_secs.unwrap_or(d.udp_idle_timeout),
             other_idle_timeout: f.other_idle_timeout_secs.unwrap_or(d.other_idle_timeout),
             active_timeout: f.active_timeout_secs.unwrap_or(d.active_timeout),
+            window_secs: raw.device.window_secs.unwrap_or(60),
             reassembly: {
                 let r = &raw.reassembly;
                 let dr = ReassemblyLimits::default();
@@ -207,6 +245,20 @@ impl Settings {
                 file: file.into(),
                 line: line_of(text, text.find("max_flows").unwrap_or(0)),
                 reason: "flow.max_flows must be at least 1".into(),
+            });
+        }
+        let dd = DeviceConfig::default();
+        st.device = DeviceConfig {
+            window_secs: raw.device.window_secs.unwrap_or(dd.window_secs),
+            max_devices: raw.device.max_devices.unwrap_or(dd.max_devices),
+            max_peers: raw.device.max_peers.unwrap_or(dd.max_peers),
+            max_router_ips: raw.device.max_router_ips.unwrap_or(dd.max_router_ips),
+        };
+        if st.device.window_secs == 0 {
+            return Err(ConfigError {
+                file: file.into(),
+                line: line_of(text, text.find("window_secs").unwrap_or(0)),
+                reason: "device.window_secs must be at least 1".into(),
             });
         }
         if let Some(s) = raw.alert.default_suppress_secs {

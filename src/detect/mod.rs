@@ -167,7 +167,7 @@ impl Detectors {
                 meta, ts, event, ..
             } => self.protocol.on_app(meta, *ts, event, out),
             Emitted::Flow(r) => self.protocol.on_flow_end(r, out),
-            Emitted::Started(_) | Emitted::Packet(_) => {}
+            Emitted::Started(_) | Emitted::Packet(_) | Emitted::Activity { .. } => {}
         }
     }
 

@@ -76,6 +76,16 @@ pub enum FlowEvent<E> {
         dir: Direction,
         event: E,
     },
+    /// Packets and bytes of a flow in one activity window (written when the window closes, and
+    /// before the flow's record when it ends), so per-device windows can be built from flows.
+    Activity {
+        meta: FlowMeta,
+        /// Start of the window.
+        window: Timestamp,
+        /// (packets, bytes) initiator to responder, and back.
+        fwd: (u64, u64),
+        rev: (u64, u64),
+    },
     Ended(FlowRecord),
 }
 
@@ -96,6 +106,9 @@ pub struct FlowConfig {
     pub other_idle_timeout: u64,
     /// A flow older than this is written out and continues under the same id. Default 1800 s.
     pub active_timeout: u64,
+    /// Length of the activity windows reported per flow (seconds of packet time, aligned to
+    /// multiples of it since the epoch). Default 60; 0 turns activity reports off.
+    pub window_secs: u64,
     pub reassembly: ReassemblyLimits,
 }
 
@@ -109,6 +122,7 @@ impl Default for FlowConfig {
             udp_idle_timeout: 120,
             other_idle_timeout: 60,
             active_timeout: 1800,
+            window_secs: 60,
             reassembly: ReassemblyLimits::default(),
         }
     }
@@ -159,6 +173,8 @@ const NIL: u32 = u32::MAX;
 
 struct Entry<H> {
     rec: FlowRecord,
+    /// (packets, bytes) of each direction already reported in activity windows.
+    reported: [(u64, u64); 2],
     fins: [bool; 2],
     synack: bool,
     class: Class,
@@ -185,6 +201,8 @@ pub struct FlowTable<H: StreamHandler> {
     /// Latest packet time seen (packets may arrive slightly out of order).
     now: Timestamp,
     next_sweep: Timestamp,
+    /// Start of the current activity window.
+    window: Timestamp,
     scratch: Vec<H::Event>,
     pub counters: FlowCounters,
 }
@@ -202,6 +220,7 @@ impl<H: StreamHandler> FlowTable<H> {
             }; CLASSES],
             now: Timestamp::ZERO,
             next_sweep: Timestamp::ZERO,
+            window: Timestamp::ZERO,
             scratch: Vec::new(),
             counters: FlowCounters::default(),
         }
@@ -278,6 +297,16 @@ impl<H: StreamHandler> FlowTable<H> {
         if p.ts > self.now {
             self.now = p.ts;
         }
+        if self.cfg.window_secs > 0 {
+            let w = self.cfg.window_secs;
+            let start = Timestamp::from_secs(self.now.secs() / w * w);
+            if start > self.window {
+                if self.window > Timestamp::ZERO {
+                    self.report_window(out);
+                }
+                self.window = start;
+            }
+        }
         if self.now >= self.next_sweep {
             self.expire(out);
             self.next_sweep = self.now.plus_secs(1);
@@ -310,7 +339,9 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         // Active timeout: write a slice and go on.
         if self.now.secs_since(self.slab[i].rec.start) >= self.cfg.active_timeout {
+            self.report_entry(idx, out);
             let e = &mut self.slab[i];
+            e.reported = [(0, 0); 2];
             let mut slice = e.rec;
             slice.end = FlowEnd::ActiveTimeout;
             slice.app = e.handler.as_ref().map_or("unknown", |h| h.app_name());
@@ -464,6 +495,7 @@ impl<H: StreamHandler> FlowTable<H> {
             None
         };
         let entry = Entry {
+            reported: [(0, 0); 2],
             rec: FlowRecord {
                 meta,
                 start: p.ts,
@@ -502,8 +534,58 @@ impl<H: StreamHandler> FlowTable<H> {
         idx
     }
 
+    /// Reports the activity of flow `idx` since its last report, if any.
+    fn report_entry(&mut self, idx: u32, out: &mut Vec<FlowEvent<H::Event>>) {
+        if self.cfg.window_secs == 0 {
+            return;
+        }
+        let e = &mut self.slab[idx as usize];
+        let cur = [
+            (e.rec.fwd.packets, e.rec.fwd.bytes),
+            (e.rec.rev.packets, e.rec.rev.bytes),
+        ];
+        let d = |i: usize| {
+            (
+                cur[i].0.saturating_sub(e.reported[i].0),
+                cur[i].1.saturating_sub(e.reported[i].1),
+            )
+        };
+        let (fwd, rev) = (d(0), d(1));
+        if fwd.0 == 0 && rev.0 == 0 {
+            return;
+        }
+        e.reported = cur;
+        out.push(FlowEvent::Activity {
+            meta: e.rec.meta,
+            window: self.window,
+            fwd,
+            rev,
+        });
+    }
+
+    /// Closes the current activity window: reports every flow seen in it. The class lists are
+    /// ordered by last packet, so only the flows active in the window are visited.
+    fn report_window(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
+        let start = self.window;
+        for c in 0..CLASSES {
+            let mut i = self.lists[c].head;
+            while i != NIL {
+                let e = &self.slab[i as usize];
+                let next = e.next;
+                if e.rec.last < start {
+                    break;
+                }
+                self.report_entry(i, out);
+                i = next;
+            }
+        }
+    }
+
     /// Ends flow `idx` with `end`, writing its record.
     fn end(&mut self, idx: u32, end: FlowEnd, out: &mut Vec<FlowEvent<H::Event>>) {
+        if self.slab[idx as usize].live {
+            self.report_entry(idx, out);
+        }
         self.unlink(idx);
         let e = &mut self.slab[idx as usize];
         if !e.live {

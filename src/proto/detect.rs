@@ -59,6 +59,11 @@ impl Detector {
         n
     }
 
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.bufs.iter().map(Vec::len).sum()
+    }
+
     /// A hole in one direction: what was buffered for it can no longer be
     /// trusted as the stream start; drop it and detect on what follows.
     pub(crate) fn on_gap(&mut self, dir: Direction) {

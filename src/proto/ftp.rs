@@ -10,10 +10,11 @@ use super::{dir_index, AppProto, Control, Direction, Outcome, ProtoEvent};
 pub(crate) const LINE_MAX: usize = 2048;
 
 /// Bounded line splitter (LF-terminated; a CR before the LF is removed).
-/// Lines longer than `LINE_MAX` are truncated and flagged.
+/// Longer lines are truncated and flagged.
 pub(crate) struct LineBuf {
     buf: Vec<u8>,
     overflow: bool,
+    max: usize,
 }
 
 pub(crate) struct Line {
@@ -24,10 +25,12 @@ pub(crate) struct Line {
 }
 
 impl LineBuf {
-    pub(crate) fn new() -> Self {
+    /// Lines are kept up to `min(LINE_MAX, max_buffer)` bytes.
+    pub(crate) fn new(max_buffer: usize) -> Self {
         LineBuf {
             buf: Vec::new(),
             overflow: false,
+            max: LINE_MAX.min(max_buffer),
         }
     }
 
@@ -63,12 +66,17 @@ impl LineBuf {
     }
 
     fn append(&mut self, b: &[u8]) {
-        let room = LINE_MAX.saturating_sub(self.buf.len());
+        let room = self.max.saturating_sub(self.buf.len());
         if b.len() > room {
             self.overflow = true;
         }
         self.buf
             .extend_from_slice(b.get(..room.min(b.len())).unwrap_or_default());
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.buf.len()
     }
 
     pub(crate) fn clear(&mut self) {
@@ -134,9 +142,9 @@ pub(crate) struct FtpAnalyzer {
 }
 
 impl FtpAnalyzer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_buffer: usize) -> Self {
         FtpAnalyzer {
-            lines: [LineBuf::new(), LineBuf::new()],
+            lines: [LineBuf::new(max_buffer), LineBuf::new(max_buffer)],
             multi: None,
             user: None,
             user_pending: false,
@@ -273,6 +281,11 @@ impl FtpAnalyzer {
         });
     }
 
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.lines.iter().map(LineBuf::len).sum()
+    }
+
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {
         if let Some(lb) = self.lines.get_mut(dir_index(dir)) {
             lb.clear();
@@ -341,12 +354,24 @@ mod tests {
 
     #[test]
     fn user_refused_without_pass() {
-        // shared/pcaps/credentials/ndpi_ftp_login_refused_ipv6.pcap: USER hello -> 530, no PASS.
-        let (ev, _) = run(
-            21,
-            &fixture(include_str!("testdata/ndpi_ftp_login_refused_ipv6.hex")),
-            ProtoLimits::default(),
-        );
+        // Same dialogue as shared/pcaps/credentials/ndpi_ftp_login_refused_ipv6.pcap
+        // (not copied: nDPI captures are LGPL): USER -> 530, no PASS.
+        let chunks = vec![
+            (Direction::Reverse, b"220 FTP server ready\r\n".to_vec()),
+            (Direction::Forward, b"USER hello\r\n".to_vec()),
+            (
+                Direction::Reverse,
+                b"530 Anonymous logins only.\r\n".to_vec(),
+            ),
+            (Direction::Forward, b"SYST\r\n".to_vec()),
+            (
+                Direction::Reverse,
+                b"530 Please login with USER and PASS.\r\n".to_vec(),
+            ),
+            (Direction::Forward, b"QUIT\r\n".to_vec()),
+            (Direction::Reverse, b"221 Goodbye.\r\n".to_vec()),
+        ];
+        let (ev, _) = run(21, &chunks, ProtoLimits::default());
         assert_eq!(logins(&ev), vec![&login("hello", None, Outcome::Rejected)]);
     }
 
@@ -390,7 +415,7 @@ mod tests {
 
     #[test]
     fn multiline_230_and_anonymous() {
-        let mut a = FtpAnalyzer::new();
+        let mut a = FtpAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         a.on_data(
             Direction::Reverse,
@@ -425,7 +450,7 @@ mod tests {
         let mut rng = XorShift::new(0xf7f);
         let fx = fixture(include_str!("testdata/zeek_ftp_auth_tls_encrypted.hex"));
         for i in 0..25_000usize {
-            let mut a = FtpAnalyzer::new();
+            let mut a = FtpAnalyzer::new(1 << 16);
             let mut out = Vec::new();
             for j in 0..5 {
                 let (d, c) = &fx[(i + j) % fx.len()];
@@ -442,7 +467,7 @@ mod tests {
             a.on_close(&mut out);
         }
         let long = vec![b'a'; 10_000];
-        let mut a = FtpAnalyzer::new();
+        let mut a = FtpAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         a.on_data(Direction::Forward, &long, &mut out);
         a.on_data(Direction::Forward, b"\r\n", &mut out);

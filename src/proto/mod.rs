@@ -254,11 +254,11 @@ enum Engine {
     Opaque,
 }
 
-#[derive(Default)]
 struct SshState {
     /// Bytes of the identification line gathered so far, per side.
     line: [Vec<u8>; 2],
     done: [bool; 2],
+    max: usize,
 }
 
 const SSH_BANNER_MAX: usize = 255;
@@ -266,33 +266,33 @@ const SSH_BANNER_MAX: usize = 255;
 impl SshState {
     fn on_data(&mut self, dir: Direction, data: &[u8], out: &mut Vec<ProtoEvent>) {
         let i = dir_index(dir);
+        let max = self.max;
         let (Some(done), Some(line)) = (self.done.get_mut(i), self.line.get_mut(i)) else {
             return;
         };
-        if *done {
-            return;
-        }
         for &b in data {
-            if b == b'\n' || line.len() >= SSH_BANNER_MAX {
-                *done = true;
-                break;
+            if *done {
+                return;
             }
-            line.push(b);
-        }
-        if *done {
+            if b != b'\n' && line.len() < max {
+                line.push(b);
+                continue;
+            }
             while line.last() == Some(&b'\r') {
                 line.pop();
             }
-            // Servers may send other lines before the identification string.
+            // Servers may send other lines before the identification
+            // string; a line that is too long ends the search.
             if line.starts_with(b"SSH-") {
                 out.push(ProtoEvent::SshBanner {
                     dir,
                     banner: String::from_utf8_lossy(line).into_owned(),
                 });
-            } else if !line.is_empty() {
-                line.clear();
-                *done = false;
+                *done = true;
+            } else if b != b'\n' {
+                *done = true;
             }
+            line.clear();
             if *done {
                 *line = Vec::new();
             }
@@ -419,6 +419,22 @@ impl ProtoState {
         self.encrypted
     }
 
+    /// Bytes held in the analyzer's buffers (capacity), for bound checks in tests.
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        match &self.engine {
+            Engine::Detecting(d) => d.buffered(),
+            Engine::Mqtt(a) => a.buffered(),
+            Engine::Http(a) => a.buffered(),
+            Engine::Telnet(a) => a.buffered(),
+            Engine::Ftp(a) => a.buffered(),
+            Engine::Smtp(a) => a.buffered(),
+            Engine::Tls(a) => a.buffered(),
+            Engine::Ssh(s) => s.line.iter().map(Vec::len).sum(),
+            Engine::Opaque => 0,
+        }
+    }
+
     fn start(&mut self, app: AppProto, out: &mut Vec<ProtoEvent>) {
         let mb = self.limits.max_buffer;
         self.app = app;
@@ -428,13 +444,17 @@ impl ProtoState {
             AppProto::Http | AppProto::MqttWs => {
                 Engine::Http(Box::new(http::HttpAnalyzer::new(mb)))
             }
-            AppProto::Telnet => Engine::Telnet(Box::new(telnet::TelnetAnalyzer::new())),
-            AppProto::Ftp => Engine::Ftp(Box::new(ftp::FtpAnalyzer::new())),
-            AppProto::Smtp => Engine::Smtp(Box::new(smtp::SmtpAnalyzer::new())),
+            AppProto::Telnet => Engine::Telnet(Box::new(telnet::TelnetAnalyzer::new(mb))),
+            AppProto::Ftp => Engine::Ftp(Box::new(ftp::FtpAnalyzer::new(mb))),
+            AppProto::Smtp => Engine::Smtp(Box::new(smtp::SmtpAnalyzer::new(mb))),
             AppProto::Tls => Engine::Tls(Box::new(tls::TlsAnalyzer::new(mb, AppProto::Tls))),
             AppProto::Ssh => {
                 self.encrypted = true;
-                Engine::Ssh(SshState::default())
+                Engine::Ssh(SshState {
+                    line: [Vec::new(), Vec::new()],
+                    done: [false; 2],
+                    max: SSH_BANNER_MAX.min(mb),
+                })
             }
             AppProto::Unknown => Engine::Opaque,
         };
@@ -710,7 +730,11 @@ mod tests {
             include_str!("testdata/sv_mqtt311_midstream_no_connect_ipv6.hex"),
             1883,
         ),
-        (include_str!("testdata/ndpi_http_basic_auth_401.hex"), 80),
+        (include_str!("testdata/zeek_http_get_plain.hex"), 80),
+        (
+            include_str!("testdata/arkime_http_basic_auth_anonymized.hex"),
+            2082,
+        ),
         (
             include_str!("testdata/zeek_http_basic_auth_colon_in_pass_rawip4.hex"),
             8000,
@@ -849,11 +873,20 @@ mod tests {
     /// random splits and gaps. Must never panic.
     #[test]
     fn fuzz_proto_state_no_panic() {
-        let mut rng = XorShift::new(0x5eed_1234);
+        // PROTO_FUZZ_ITERS / PROTO_FUZZ_SEED allow longer one-off runs.
+        let iters: u32 = std::env::var("PROTO_FUZZ_ITERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000);
+        let seed: u64 = std::env::var("PROTO_FUZZ_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0x5eed_1234);
+        let mut rng = XorShift::new(seed);
         let ports = [21u16, 23, 25, 80, 443, 1883, 2323, 8080, 9999];
         let fixtures: Vec<Vec<(Direction, Vec<u8>)>> =
             ALL_FIXTURES.iter().map(|(f, _)| fixture(f)).collect();
-        for i in 0..20_000u32 {
+        for i in 0..iters {
             let port = ports[(rng.next() as usize) % ports.len()];
             let limits = ProtoLimits {
                 max_buffer: 64 + (rng.next() as usize % 4096),
@@ -875,12 +908,26 @@ mod tests {
                     let (d, c) = &fx[(s as usize + i as usize) % fx.len()];
                     let m = rng.mutate(c);
                     st.on_data(*d, &m, &mut out);
+                    assert!(
+                        st.buffered() <= 2 * limits.max_buffer.max(64),
+                        "{:?} {} > {}",
+                        st.app(),
+                        st.buffered(),
+                        limits.max_buffer
+                    );
                     continue;
                 };
                 if rng.one_in(10) {
                     st.on_gap(dir, rng.next() % 5000);
                 }
                 st.on_data(dir, &data, &mut out);
+                // Every buffer is bounded by max_buffer per direction.
+                assert!(
+                    st.buffered() <= 2 * limits.max_buffer.max(64),
+                    "{} > {}",
+                    st.buffered(),
+                    limits.max_buffer
+                );
             }
             st.on_close(&mut out);
         }

@@ -494,6 +494,11 @@ impl MqttAnalyzer {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.streams.iter().map(|s| s.buf.len()).sum()
+    }
+
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {
         let Some(st) = self.streams.get_mut(dir_index(dir)) else {
             return;
@@ -959,7 +964,7 @@ mod tests {
             } => {
                 assert_eq!(*username, None);
                 assert_eq!(*password, None);
-                assert!(auth_method.is_some());
+                assert_eq!(auth_method.as_deref(), Some("foo"));
             }
             _ => unreachable!(),
         }
@@ -1150,7 +1155,7 @@ mod tests {
 
     #[test]
     fn midstream_pickup() {
-        // shared/pcaps/mqtt/sv_mqtt311_midstream_no_connect_ipv6.pcap stream 0
+        // shared/pcaps/mqtt/sv_mqtt311_midstream_no_connect_ipv6.pcap tcp.stream 2 (port 1883)
         let ev = run_fx(
             include_str!("testdata/sv_mqtt311_midstream_no_connect_ipv6.hex"),
             1883,
@@ -1161,14 +1166,41 @@ mod tests {
                 app: AppProto::Mqtt
             })
         );
-        assert!(
-            ev.iter()
-                .any(|e| matches!(e, ProtoEvent::MqttPublish { .. })),
-            "{ev:?}"
+        // (first bytes seen: the server's CONNACK)
+        assert_eq!(
+            ev.get(1),
+            Some(&ProtoEvent::MqttConnack {
+                code: 0,
+                outcome: Outcome::Accepted
+            })
         );
-        assert!(!ev
+        assert_eq!(
+            ev.get(2),
+            Some(&ProtoEvent::MqttSubscribe {
+                filters: vec![("house/bulbs/bulb1".into(), 1)]
+            })
+        );
+        let publishes: Vec<_> = ev
             .iter()
-            .any(|e| matches!(e, ProtoEvent::MqttConnect { .. })));
+            .filter(|e| matches!(e, ProtoEvent::MqttPublish { .. }))
+            .collect();
+        assert_eq!(publishes.len(), 3);
+        assert_eq!(
+            publishes[0],
+            &ProtoEvent::MqttPublish {
+                topic: "house/bulbs/bulb1".into(),
+                qos: 2,
+                retain: false,
+                dup: false,
+                payload_len: 3
+            }
+        );
+        assert_eq!(ev.last(), Some(&ProtoEvent::MqttDisconnect));
+        assert!(logins(&ev).is_empty());
+        assert!(!ev.iter().any(|e| matches!(
+            e,
+            ProtoEvent::MqttConnect { .. } | ProtoEvent::Anomaly { .. }
+        )));
         // shared/pcaps/mqtt/sv_mqtt_pingreq_only.pcap: PINGREQ/PINGRESP only.
         let ev = run_fx(include_str!("testdata/sv_mqtt_pingreq_only.hex"), 1883);
         assert_eq!(

@@ -12,9 +12,9 @@ pub(crate) struct SmtpAnalyzer {
 }
 
 impl SmtpAnalyzer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_buffer: usize) -> Self {
         SmtpAnalyzer {
-            lines: [LineBuf::new(), LineBuf::new()],
+            lines: [LineBuf::new(max_buffer), LineBuf::new(max_buffer)],
             multi: None,
             starttls_pending: false,
             done: false,
@@ -61,6 +61,11 @@ impl SmtpAnalyzer {
             }
         }
         Control::Continue
+    }
+
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.lines.iter().map(LineBuf::len).sum()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {
@@ -116,7 +121,7 @@ mod tests {
 
     #[test]
     fn refused_starttls_stays_clear() {
-        let mut a = SmtpAnalyzer::new();
+        let mut a = SmtpAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         assert_eq!(
             a.on_data(Direction::Forward, b"STARTTLS\r\n", &mut out),
@@ -140,7 +145,7 @@ mod tests {
     fn fuzz_smtp_no_panic() {
         let mut rng = XorShift::new(0x5717);
         for _ in 0..25_000 {
-            let mut a = SmtpAnalyzer::new();
+            let mut a = SmtpAnalyzer::new(1 << 16);
             let mut out = Vec::new();
             let mut v = rng.bytes_upto(40);
             if rng.one_in(2) {

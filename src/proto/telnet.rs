@@ -148,11 +148,13 @@ pub(crate) struct TelnetAnalyzer {
     phase: Phase,
     /// The first shell prompt of the session was reported.
     shell_seen: bool,
+    line_max: usize,
 }
 
 impl TelnetAnalyzer {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(max_buffer: usize) -> Self {
         TelnetAnalyzer {
+            line_max: LINE_MAX.min(max_buffer),
             iac: [Iac::new(), Iac::new()],
             cli_line: Vec::new(),
             cli_cr: false,
@@ -185,6 +187,11 @@ impl TelnetAnalyzer {
         if dir == Direction::Reverse {
             self.server_chunk_end(out);
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn buffered(&self) -> usize {
+        self.cli_line.len() + self.srv_line.len()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {
@@ -223,7 +230,7 @@ impl TelnetAnalyzer {
             }
             c if c < 0x20 => {}
             c => {
-                if self.cli_line.len() < LINE_MAX {
+                if self.cli_line.len() < self.line_max {
                     self.cli_line.push(c);
                 }
             }
@@ -252,7 +259,7 @@ impl TelnetAnalyzer {
             }
             b'\r' | 0 => {}
             c => {
-                if self.srv_line.len() >= LINE_MAX {
+                if self.srv_line.len() >= self.line_max {
                     self.judge_line(out);
                     self.srv_line.clear();
                 }
@@ -438,7 +445,7 @@ mod tests {
 
     #[test]
     fn busybox_failed_then_success_with_echo_and_backspace() {
-        let mut a = TelnetAnalyzer::new();
+        let mut a = TelnetAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         use Direction::{Forward as F, Reverse as R};
         feed(
@@ -484,7 +491,7 @@ mod tests {
 
     #[test]
     fn shell_prompt_after_password_and_unknown_at_close() {
-        let mut a = TelnetAnalyzer::new();
+        let mut a = TelnetAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         feed(&mut a, Direction::Reverse, b"User Name: ", &mut out);
         feed(&mut a, Direction::Forward, b"admin\r\n", &mut out);
@@ -498,7 +505,7 @@ mod tests {
         assert!(out.contains(&ProtoEvent::TelnetPrompt {
             kind: PromptKind::Shell
         }));
-        let mut b = TelnetAnalyzer::new();
+        let mut b = TelnetAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         feed(&mut b, Direction::Reverse, b"login: ", &mut out);
         feed(&mut b, Direction::Forward, b"guest\r\n", &mut out);
@@ -524,7 +531,7 @@ mod tests {
         })
         .collect();
         assert_eq!(data, vec![b'a', IAC, b'b', b'c', b'd']);
-        let mut a = TelnetAnalyzer::new();
+        let mut a = TelnetAnalyzer::new(1 << 16);
         let mut out = Vec::new();
         let mut flood = vec![IAC, SB, 0x18];
         flood.extend(std::iter::repeat_n(0x41, 10_000));
@@ -559,7 +566,7 @@ mod tests {
         let mut rng = XorShift::new(0x7e1);
         let fx = fixture(include_str!("testdata/sv_telnet_login_fake_user.hex"));
         for i in 0..25_000usize {
-            let mut a = TelnetAnalyzer::new();
+            let mut a = TelnetAnalyzer::new(1 << 16);
             let mut out = Vec::new();
             for j in 0..6 {
                 let (d, c) = &fx[(i + j * 7) % fx.len()];

@@ -1,0 +1,189 @@
+//! Per-device baselines: robust statistics (median and MAD) of each window feature, the peers
+//! and the services of each device, learned from normal traffic.
+//!
+//! A [`Learner`] gathers window vectors during learning (offline with `tapwatch train`, or the
+//! first `--learn-for` of a run); [`Learner::build`] freezes them into [`Baselines`], which are
+//! saved in the model file and do not change afterwards (frozen, not adapted: an attacker who is
+//! present during learning would otherwise teach the sensor that the attack is normal).
+
+use super::{DeviceId, DeviceProfile, WindowVector, N_FEATURES};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+/// Windows kept per device while learning (a week of minutes); later ones are sampled.
+const MAX_WINDOWS_PER_DEVICE: usize = 10_080;
+/// Windows kept for the learned model (all devices).
+pub const MAX_TRAINING_WINDOWS: usize = 200_000;
+
+/// The baseline of one device.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeviceBaseline {
+    pub device: String,
+    pub ips: Vec<IpAddr>,
+    /// Windows in which the device was active during learning.
+    pub windows: u64,
+    pub median: Vec<f64>,
+    /// Median absolute deviation of each feature.
+    pub mad: Vec<f64>,
+    pub peers: BTreeSet<IpAddr>,
+    pub services: BTreeSet<String>,
+}
+
+impl DeviceBaseline {
+    /// A robust upper band of feature `i`: median + k * 1.4826 * MAD.
+    pub fn upper(&self, i: usize, k: f64) -> f64 {
+        let m = self.median.get(i).copied().unwrap_or(0.0);
+        let d = self.mad.get(i).copied().unwrap_or(0.0);
+        m + k * 1.4826 * d
+    }
+}
+
+/// Baselines of all devices.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Baselines {
+    pub devices: Vec<DeviceBaseline>,
+    #[serde(skip)]
+    index: HashMap<DeviceId, usize>,
+}
+
+impl Baselines {
+    /// Rebuilds the lookup index (after loading).
+    pub fn reindex(&mut self) {
+        self.index = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| DeviceId::parse(&d.device).map(|id| (id, i)))
+            .collect();
+    }
+    pub fn get(&self, id: &DeviceId) -> Option<&DeviceBaseline> {
+        self.index.get(id).and_then(|&i| self.devices.get(i))
+    }
+}
+
+/// Median of a slice (sorted in place).
+pub fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Median and median absolute deviation.
+pub fn median_mad(values: &[f64]) -> (f64, f64) {
+    let mut v = values.to_vec();
+    let m = median(&mut v);
+    let mut dev: Vec<f64> = values.iter().map(|x| (x - m).abs()).collect();
+    (m, median(&mut dev))
+}
+
+#[derive(Default)]
+struct Samples {
+    windows: Vec<[f64; N_FEATURES]>,
+    seen: u64,
+    peers: BTreeSet<IpAddr>,
+    services: BTreeSet<String>,
+    ips: BTreeSet<IpAddr>,
+}
+
+/// Gathers window vectors while learning.
+#[derive(Default)]
+pub struct Learner {
+    per_device: HashMap<DeviceId, Samples>,
+    /// All windows, for the learned model.
+    pub all: Vec<[f64; N_FEATURES]>,
+    pub seen: u64,
+    max_peers: usize,
+}
+
+impl Learner {
+    pub fn new(max_peers: usize) -> Self {
+        Learner {
+            max_peers,
+            ..Default::default()
+        }
+    }
+
+    /// One window of one device (with its profile, for peers and services).
+    pub fn observe(&mut self, w: &WindowVector, profile: Option<&DeviceProfile>) {
+        self.seen += 1;
+        // Deterministic thinning once full: keep every n-th window.
+        if self.all.len() < MAX_TRAINING_WINDOWS {
+            self.all.push(w.values);
+        } else if self.seen % 7 == 0 {
+            let i = (self.seen as usize / 7) % MAX_TRAINING_WINDOWS;
+            self.all[i] = w.values;
+        }
+        let s = self.per_device.entry(w.device).or_default();
+        s.seen += 1;
+        if s.windows.len() < MAX_WINDOWS_PER_DEVICE {
+            s.windows.push(w.values);
+        }
+        if let Some(p) = profile {
+            for peer in &p.peers.items {
+                if s.peers.len() < self.max_peers {
+                    s.peers.insert(*peer);
+                }
+            }
+            for svc in &p.services_offered.items {
+                s.services.insert(svc.clone());
+            }
+            for ip in &p.ips.items {
+                s.ips.insert(*ip);
+            }
+        }
+    }
+
+    /// Freezes what was learned.
+    pub fn build(&self) -> Baselines {
+        let mut devices: Vec<DeviceBaseline> = self
+            .per_device
+            .iter()
+            .map(|(id, s)| {
+                let mut median_v = Vec::with_capacity(N_FEATURES);
+                let mut mad_v = Vec::with_capacity(N_FEATURES);
+                for i in 0..N_FEATURES {
+                    let col: Vec<f64> = s.windows.iter().map(|w| w[i]).collect();
+                    let (m, d) = median_mad(&col);
+                    median_v.push(m);
+                    mad_v.push(d);
+                }
+                DeviceBaseline {
+                    device: id.to_string(),
+                    ips: s.ips.iter().copied().collect(),
+                    windows: s.seen,
+                    median: median_v,
+                    mad: mad_v,
+                    peers: s.peers.clone(),
+                    services: s.services.clone(),
+                }
+            })
+            .collect();
+        devices.sort_by(|a, b| a.device.cmp(&b.device));
+        let mut b = Baselines {
+            devices,
+            index: HashMap::new(),
+        };
+        b.reindex();
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn robust_stats() {
+        assert_eq!(median_mad(&[1.0, 2.0, 3.0, 4.0, 100.0]), (3.0, 1.0));
+        assert_eq!(median_mad(&[]), (0.0, 0.0));
+        assert_eq!(median_mad(&[5.0, 5.0]), (5.0, 0.0));
+    }
+}

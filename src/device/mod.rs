@@ -1,0 +1,512 @@
+//! Device stage: the inventory of devices and their per-window activity.
+//!
+//! Owns: device profiles (identity, addresses, services, MQTT client ids and topics, TLS SNIs),
+//! bounded, least-recently-seen eviction; the open activity windows. Hands on: [`DeviceOutput`]
+//! — a device seen for the first time, and at each window's close one [`WindowVector`] per device
+//! active in it (the features of [`FEATURES`]).
+//!
+//! A device is identified by its MAC address where the sensor sees layer 2, and by its IP
+//! address where it does not, or when one MAC carries many source IPs (a router: the devices
+//! behind it are told apart by IP). Only addresses of the home networks are devices; the rest
+//! are peers.
+
+pub mod baseline;
+
+use crate::app::Emitted;
+use crate::decode::{fmt_mac, Mac, Net};
+use crate::flow::FlowMeta;
+use crate::proto::{AppProto, ProtoEvent};
+use crate::settings::{DeviceConfig, Settings};
+use crate::time::Timestamp;
+use serde::Serialize;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+/// Version of the window feature list. Bump it when [`FEATURES`] changes: models record it
+/// and refuse to load under another.
+pub const FEATURE_SCHEMA: &str = "device-window-v1";
+
+/// The window features, in vector order. Counts are per window.
+pub const FEATURES: [&str; 14] = [
+    "packets_out",
+    "packets_in",
+    "bytes_out",
+    "bytes_in",
+    "flows_out",
+    "flows_in",
+    "mqtt_publishes",
+    "peers",
+    "new_peers",
+    "dst_ports",
+    "failed_connections",
+    "mqtt_sessions",
+    "http_sessions",
+    "tls_sessions",
+];
+
+pub const N_FEATURES: usize = FEATURES.len();
+
+/// Index of a feature by name.
+pub fn feature_index(name: &str) -> Option<usize> {
+    FEATURES.iter().position(|f| *f == name)
+}
+
+/// How a device is identified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceId {
+    Mac(Mac),
+    Ip(IpAddr),
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceId::Mac(m) => write!(f, "{}", fmt_mac(m)),
+            DeviceId::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+impl DeviceId {
+    /// Parses the `Display` form back.
+    pub fn parse(s: &str) -> Option<DeviceId> {
+        if let Ok(ip) = s.parse() {
+            return Some(DeviceId::Ip(ip));
+        }
+        let mut m = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return None;
+        }
+        for (i, p) in parts.iter().enumerate() {
+            m[i] = u8::from_str_radix(p, 16).ok()?;
+        }
+        Some(DeviceId::Mac(m))
+    }
+}
+
+/// A bounded set that counts what it could not hold.
+#[derive(Clone, Debug, Serialize)]
+pub struct BoundedSet<T: Ord> {
+    pub items: BTreeSet<T>,
+    /// Insertions refused because the set was full.
+    pub overflow: u64,
+}
+
+impl<T: Ord> Default for BoundedSet<T> {
+    fn default() -> Self {
+        BoundedSet {
+            items: BTreeSet::new(),
+            overflow: 0,
+        }
+    }
+}
+
+impl<T: Ord> BoundedSet<T> {
+    pub fn insert(&mut self, v: T, cap: usize) -> bool {
+        if self.items.contains(&v) {
+            return false;
+        }
+        if self.items.len() >= cap {
+            self.overflow += 1;
+            return false;
+        }
+        self.items.insert(v)
+    }
+    pub fn contains(&self, v: &T) -> bool {
+        self.items.contains(v)
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// What the inventory knows of a device.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeviceProfile {
+    #[serde(serialize_with = "ser_display")]
+    pub id: DeviceId,
+    pub mac: Option<String>,
+    pub ips: BoundedSet<IpAddr>,
+    #[serde(serialize_with = "ser_ts")]
+    pub first_seen: Timestamp,
+    #[serde(serialize_with = "ser_ts")]
+    pub last_seen: Timestamp,
+    /// Application protocols spoken (as client or server).
+    pub protocols: BoundedSet<String>,
+    /// Services offered: "tcp/1883 mqtt".
+    pub services_offered: BoundedSet<String>,
+    /// Services used on other hosts: "tcp/443".
+    pub services_used: BoundedSet<String>,
+    pub mqtt_client_ids: BoundedSet<String>,
+    pub mqtt_topics: BoundedSet<String>,
+    pub tls_sni: BoundedSet<String>,
+    /// Peers talked to (bounded by `device.max_peers`).
+    #[serde(skip)]
+    pub peers: BoundedSet<IpAddr>,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+fn ser_display<S: serde::Serializer>(v: &DeviceId, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+fn ser_ts<S: serde::Serializer>(v: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&v.rfc3339())
+}
+
+const SMALL_CAP: usize = 32;
+
+/// Activity of one device in one window.
+#[derive(Clone, Debug, Default)]
+struct WindowStats {
+    v: [f64; N_FEATURES],
+    peers: HashSet<IpAddr>,
+    ports: HashSet<u16>,
+}
+
+/// The features of one device in one window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowVector {
+    pub device: DeviceId,
+    /// Start of the window.
+    pub window: Timestamp,
+    pub values: [f64; N_FEATURES],
+    /// Peers of the window that the device had never talked to before (bounded).
+    pub new_peers: Vec<IpAddr>,
+    /// A representative IP of the device.
+    pub ip: Option<IpAddr>,
+}
+
+/// Output of the device stage.
+#[derive(Clone, Debug)]
+pub enum DeviceOutput {
+    New(Box<DeviceProfile>),
+    Window(WindowVector),
+}
+
+/// Counters of the device stage.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceCounters {
+    pub devices: u64,
+    pub evicted: u64,
+    pub routers: u64,
+    pub windows: u64,
+}
+
+/// The device table and window aggregator.
+pub struct Devices {
+    cfg: DeviceConfig,
+    home: Vec<ipnet::IpNet>,
+    profiles: HashMap<DeviceId, DeviceProfile>,
+    /// Source IPs seen per MAC, to spot routers.
+    mac_ips: HashMap<Mac, HashSet<IpAddr>>,
+    routers: HashSet<Mac>,
+    /// Open windows: start -> per device stats.
+    windows: std::collections::BTreeMap<Timestamp, HashMap<DeviceId, WindowStats>>,
+    pub counters: DeviceCounters,
+}
+
+impl Devices {
+    pub fn new(settings: &Settings) -> Self {
+        Devices {
+            cfg: settings.device.clone(),
+            home: settings.home_net.clone(),
+            profiles: HashMap::new(),
+            mac_ips: HashMap::new(),
+            routers: HashSet::new(),
+            windows: Default::default(),
+            counters: DeviceCounters::default(),
+        }
+    }
+
+    pub fn window_secs(&self) -> u64 {
+        self.cfg.window_secs
+    }
+
+    fn window_of(&self, ts: Timestamp) -> Timestamp {
+        let w = self.cfg.window_secs.max(1);
+        Timestamp::from_secs(ts.secs() / w * w)
+    }
+
+    /// The device an endpoint belongs to, if it is one (a unicast home address).
+    fn id_of(&mut self, ip: IpAddr, mac: Option<Mac>) -> Option<DeviceId> {
+        let unicast = match ip {
+            IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified() || v4.octets()[3] == 255),
+            IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+        };
+        if !unicast || !self.home.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        match mac {
+            Some(m) if m[0] & 1 == 0 && !self.routers.contains(&m) => Some(DeviceId::Mac(m)),
+            _ => Some(DeviceId::Ip(ip)),
+        }
+    }
+
+    /// Learns which MACs are routers from the source addresses they carry.
+    fn note_mac(&mut self, mac: Option<Mac>, ip: IpAddr) {
+        let Some(m) = mac else { return };
+        if self.routers.contains(&m) || m[0] & 1 != 0 {
+            return;
+        }
+        if self.mac_ips.len() >= self.cfg.max_devices && !self.mac_ips.contains_key(&m) {
+            return;
+        }
+        let set = self.mac_ips.entry(m).or_default();
+        set.insert(ip);
+        if set.len() > self.cfg.max_router_ips {
+            self.routers.insert(m);
+            self.mac_ips.remove(&m);
+            self.counters.routers += 1;
+            // The profile keyed by this MAC was the router's view of many hosts: drop it.
+            self.profiles.remove(&DeviceId::Mac(m));
+        }
+    }
+
+    fn profile(&mut self, id: DeviceId, ip: IpAddr, mac: Option<Mac>, ts: Timestamp, out: &mut Vec<DeviceOutput>) -> Option<&mut DeviceProfile> {
+        if !self.profiles.contains_key(&id) {
+            if self.profiles.len() >= self.cfg.max_devices {
+                // Evict the least recently seen device.
+                if let Some(old) = self.profiles.iter().min_by_key(|(_, p)| p.last_seen).map(|(k, _)| *k) {
+                    self.profiles.remove(&old);
+                    self.counters.evicted += 1;
+                }
+            }
+            let p = DeviceProfile {
+                id,
+                mac: mac.filter(|_| matches!(id, DeviceId::Mac(_))).map(|m| fmt_mac(&m)),
+                ips: BoundedSet::default(),
+                first_seen: ts,
+                last_seen: ts,
+                protocols: BoundedSet::default(),
+                services_offered: BoundedSet::default(),
+                services_used: BoundedSet::default(),
+                mqtt_client_ids: BoundedSet::default(),
+                mqtt_topics: BoundedSet::default(),
+                tls_sni: BoundedSet::default(),
+                peers: BoundedSet::default(),
+                packets: 0,
+                bytes: 0,
+            };
+            self.counters.devices += 1;
+            out.push(DeviceOutput::New(Box::new(p.clone())));
+            self.profiles.insert(id, p);
+        }
+        let p = self.profiles.get_mut(&id)?;
+        p.ips.insert(ip, 16);
+        if ts > p.last_seen {
+            p.last_seen = ts;
+        }
+        Some(p)
+    }
+
+    fn stats(&mut self, window: Timestamp, id: DeviceId) -> &mut WindowStats {
+        self.windows.entry(window).or_default().entry(id).or_default()
+    }
+
+    /// Both ends of a flow as devices (initiator, responder).
+    fn ends(&mut self, m: &FlowMeta) -> (Option<DeviceId>, Option<DeviceId>) {
+        (
+            self.id_of(m.initiator.ip, m.initiator_mac),
+            self.id_of(m.responder.ip, m.responder_mac),
+        )
+    }
+
+    /// One event from the workers.
+    pub fn on_event(&mut self, ev: &Emitted, out: &mut Vec<DeviceOutput>) {
+        match ev {
+            Emitted::Started(m) => {
+                self.note_mac(m.initiator_mac, m.initiator.ip);
+                self.close_before(self.window_of(m.first), out);
+                let w = self.window_of(m.first);
+                let (a, b) = self.ends(m);
+                let proto = if m.proto == 6 { "tcp" } else if m.proto == 17 { "udp" } else { "ip" };
+                if let Some(a) = a {
+                    let cap = self.cfg.max_peers;
+                    if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out) {
+                        if m.proto == 6 || m.proto == 17 {
+                            p.services_used.insert(format!("{proto}/{}", m.responder.port), SMALL_CAP);
+                        }
+                    }
+                    let s = self.stats(w, a);
+                    s.v[4] += 1.0;
+                    if m.proto == 6 || m.proto == 17 {
+                        s.ports.insert(m.responder.port);
+                    }
+                    s.peers.insert(m.responder.ip);
+                    let _ = cap;
+                }
+                if let Some(b) = b {
+                    self.profile(b, m.responder.ip, m.responder_mac, m.first, out);
+                    let s = self.stats(w, b);
+                    s.v[5] += 1.0;
+                    s.peers.insert(m.initiator.ip);
+                }
+            }
+            Emitted::Activity { meta, window, fwd, rev } => {
+                self.close_before(*window, out);
+                let (a, b) = self.ends(meta);
+                for (id, ip, mac, out_pb, in_pb) in [
+                    (a, meta.initiator.ip, meta.initiator_mac, *fwd, *rev),
+                    (b, meta.responder.ip, meta.responder_mac, *rev, *fwd),
+                ] {
+                    let Some(id) = id else { continue };
+                    if let Some(p) = self.profile(id, ip, mac, *window, out) {
+                        p.packets += out_pb.0 + in_pb.0;
+                        p.bytes += out_pb.1 + in_pb.1;
+                    }
+                    let s = self.stats(*window, id);
+                    s.v[0] += out_pb.0 as f64;
+                    s.v[1] += in_pb.0 as f64;
+                    s.v[2] += out_pb.1 as f64;
+                    s.v[3] += in_pb.1 as f64;
+                }
+            }
+            Emitted::App { meta, ts, event, .. } => {
+                let w = self.window_of(*ts);
+                let (a, b) = self.ends(meta);
+                let (Some(a), server) = (a, b) else {
+                    // Server-side facts only.
+                    if let (Some(b), ProtoEvent::Detected { app }) = (b, event) {
+                        self.offered(b, meta, *app, *ts, out);
+                    }
+                    return;
+                };
+                match event {
+                    ProtoEvent::Detected { app } => {
+                        let idx = match app {
+                            AppProto::Mqtt | AppProto::MqttWs => Some(11),
+                            AppProto::Http => Some(12),
+                            AppProto::Tls => Some(13),
+                            _ => None,
+                        };
+                        if let Some(i) = idx {
+                            self.stats(w, a).v[i] += 1.0;
+                        }
+                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                            p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
+                        }
+                        if let Some(b) = server {
+                            self.offered(b, meta, *app, *ts, out);
+                        }
+                    }
+                    ProtoEvent::MqttPublish { topic, .. } => {
+                        self.stats(w, a).v[6] += 1.0;
+                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                            p.mqtt_topics.insert(topic.clone(), SMALL_CAP);
+                        }
+                    }
+                    ProtoEvent::MqttConnect { client_id, .. } => {
+                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                            p.mqtt_client_ids.insert(client_id.clone(), 8);
+                        }
+                    }
+                    ProtoEvent::TlsClientHello { sni: Some(sni), .. } => {
+                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                            p.tls_sni.insert(sni.clone(), SMALL_CAP);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Emitted::Flow(r) => {
+                if r.failed_attempt() {
+                    let w = self.window_of(r.last);
+                    if let Some(a) = self.id_of(r.meta.initiator.ip, r.meta.initiator_mac) {
+                        self.stats(w, a).v[10] += 1.0;
+                    }
+                }
+            }
+            Emitted::Packet(p) => {
+                if let Net::Arp(arp) = p.net {
+                    let ip = IpAddr::V4(arp.sender_ip);
+                    if !arp.sender_ip.is_unspecified() {
+                        if let Some(id) = self.id_of(ip, Some(arp.sender_mac)) {
+                            self.profile(id, ip, Some(arp.sender_mac), p.ts, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn offered(&mut self, b: DeviceId, meta: &FlowMeta, app: AppProto, ts: Timestamp, out: &mut Vec<DeviceOutput>) {
+        let proto = if meta.proto == 6 { "tcp" } else { "udp" };
+        if let Some(p) = self.profile(b, meta.responder.ip, meta.responder_mac, ts, out) {
+            p.services_offered.insert(format!("{proto}/{} {}", meta.responder.port, app.as_str()), SMALL_CAP);
+            p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
+        }
+    }
+
+    /// Closes every window that ended more than one window before `window` (late events of the
+    /// previous window are still taken).
+    fn close_before(&mut self, window: Timestamp, out: &mut Vec<DeviceOutput>) {
+        let w = self.cfg.window_secs.max(1);
+        let limit = Timestamp(window.0.saturating_sub(w * 1_000_000_000));
+        while let Some((&start, _)) = self.windows.iter().next() {
+            if start >= limit {
+                break;
+            }
+            if let Some(map) = self.windows.remove(&start) {
+                self.emit_window(start, map, out);
+            }
+        }
+    }
+
+    fn emit_window(&mut self, start: Timestamp, map: HashMap<DeviceId, WindowStats>, out: &mut Vec<DeviceOutput>) {
+        let mut ids: Vec<_> = map.into_iter().collect();
+        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        let cap = self.cfg.max_peers;
+        for (id, mut s) in ids {
+            let mut new_peers = Vec::new();
+            let ip = self.profiles.get(&id).and_then(|p| p.ips.items.iter().next().copied());
+            if let Some(p) = self.profiles.get_mut(&id) {
+                let mut peers: Vec<_> = s.peers.iter().copied().collect();
+                peers.sort();
+                for peer in peers {
+                    if !p.peers.contains(&peer) {
+                        if new_peers.len() < 64 {
+                            new_peers.push(peer);
+                        }
+                        p.peers.insert(peer, cap);
+                    }
+                }
+            }
+            s.v[7] = s.peers.len() as f64;
+            s.v[8] = new_peers.len() as f64;
+            s.v[9] = s.ports.len() as f64;
+            self.counters.windows += 1;
+            out.push(DeviceOutput::Window(WindowVector {
+                device: id,
+                window: start,
+                values: s.v,
+                new_peers,
+                ip,
+            }));
+        }
+    }
+
+    /// End of input: closes every open window.
+    pub fn finish(&mut self, out: &mut Vec<DeviceOutput>) {
+        while let Some((&start, _)) = self.windows.iter().next() {
+            if let Some(map) = self.windows.remove(&start) {
+                self.emit_window(start, map, out);
+            }
+        }
+    }
+
+    /// The inventory, ordered by first appearance.
+    pub fn inventory(&self) -> Vec<&DeviceProfile> {
+        let mut v: Vec<_> = self.profiles.values().collect();
+        v.sort_by_key(|p| (p.first_seen, p.id));
+        v
+    }
+
+    pub fn get(&self, id: &DeviceId) -> Option<&DeviceProfile> {
+        self.profiles.get(id)
+    }
+}
