@@ -418,7 +418,7 @@ pub fn replay(
         let mut n: u64 = 0;
         loop {
             n += 1;
-            if n % 4096 == 0 {
+            if n.is_multiple_of(4096) {
                 if stop.load(Ordering::Relaxed) {
                     outcome = Outcome::Interrupted;
                     capture_add(&mut capture, &f.counters);

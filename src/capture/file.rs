@@ -236,7 +236,7 @@ impl State {
                     return Step::Need(12);
                 };
                 let blen = blen as usize;
-                if blen < 12 || blen % 4 != 0 || blen > MAX_RECORD {
+                if blen < 12 || !blen.is_multiple_of(4) || blen > MAX_RECORD {
                     return Step::Corrupt(format!("bad block length {blen}"));
                 }
                 let Some(block) = b.get(..blen) else {

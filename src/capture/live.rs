@@ -105,7 +105,7 @@ fn capture_loop(
                     bytes: p.data,
                 };
                 engine.frame(&frame);
-                if frames % 1024 == 0 {
+                if frames.is_multiple_of(1024) {
                     if let Ok(st) = cap.stats() {
                         engine.stats.capture.kernel_received = u64::from(st.received);
                         engine.stats.capture.kernel_drops = u64::from(st.dropped);

@@ -117,7 +117,7 @@ impl Learner {
         // Deterministic thinning once full: keep every n-th window.
         if self.all.len() < MAX_TRAINING_WINDOWS {
             self.all.push(w.values);
-        } else if self.seen % 7 == 0 {
+        } else if self.seen.is_multiple_of(7) {
             let i = (self.seen as usize / 7) % MAX_TRAINING_WINDOWS;
             self.all[i] = w.values;
         }

@@ -235,7 +235,12 @@ impl Devices {
     /// The device an endpoint belongs to, if it is one (a unicast home address).
     fn id_of(&mut self, ip: IpAddr, mac: Option<Mac>) -> Option<DeviceId> {
         let unicast = match ip {
-            IpAddr::V4(v4) => !(v4.is_multicast() || v4.is_broadcast() || v4.is_unspecified() || v4.octets()[3] == 255),
+            IpAddr::V4(v4) => {
+                !(v4.is_multicast()
+                    || v4.is_broadcast()
+                    || v4.is_unspecified()
+                    || v4.octets()[3] == 255)
+            }
             IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
         };
         if !unicast || !self.home.iter().any(|n| n.contains(&ip)) {
@@ -267,18 +272,32 @@ impl Devices {
         }
     }
 
-    fn profile(&mut self, id: DeviceId, ip: IpAddr, mac: Option<Mac>, ts: Timestamp, out: &mut Vec<DeviceOutput>) -> Option<&mut DeviceProfile> {
+    fn profile(
+        &mut self,
+        id: DeviceId,
+        ip: IpAddr,
+        mac: Option<Mac>,
+        ts: Timestamp,
+        out: &mut Vec<DeviceOutput>,
+    ) -> Option<&mut DeviceProfile> {
         if !self.profiles.contains_key(&id) {
             if self.profiles.len() >= self.cfg.max_devices {
                 // Evict the least recently seen device.
-                if let Some(old) = self.profiles.iter().min_by_key(|(_, p)| p.last_seen).map(|(k, _)| *k) {
+                if let Some(old) = self
+                    .profiles
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_seen)
+                    .map(|(k, _)| *k)
+                {
                     self.profiles.remove(&old);
                     self.counters.evicted += 1;
                 }
             }
             let p = DeviceProfile {
                 id,
-                mac: mac.filter(|_| matches!(id, DeviceId::Mac(_))).map(|m| fmt_mac(&m)),
+                mac: mac
+                    .filter(|_| matches!(id, DeviceId::Mac(_)))
+                    .map(|m| fmt_mac(&m)),
                 ips: BoundedSet::default(),
                 first_seen: ts,
                 last_seen: ts,
@@ -305,7 +324,11 @@ impl Devices {
     }
 
     fn stats(&mut self, window: Timestamp, id: DeviceId) -> &mut WindowStats {
-        self.windows.entry(window).or_default().entry(id).or_default()
+        self.windows
+            .entry(window)
+            .or_default()
+            .entry(id)
+            .or_default()
     }
 
     /// Both ends of a flow as devices (initiator, responder).
@@ -324,12 +347,20 @@ impl Devices {
                 self.close_before(self.window_of(m.first), out);
                 let w = self.window_of(m.first);
                 let (a, b) = self.ends(m);
-                let proto = if m.proto == 6 { "tcp" } else if m.proto == 17 { "udp" } else { "ip" };
+                let proto = if m.proto == 6 {
+                    "tcp"
+                } else if m.proto == 17 {
+                    "udp"
+                } else {
+                    "ip"
+                };
                 if let Some(a) = a {
                     let cap = self.cfg.max_peers;
-                    if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out) {
+                    if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out)
+                    {
                         if m.proto == 6 || m.proto == 17 {
-                            p.services_used.insert(format!("{proto}/{}", m.responder.port), SMALL_CAP);
+                            p.services_used
+                                .insert(format!("{proto}/{}", m.responder.port), SMALL_CAP);
                         }
                     }
                     let s = self.stats(w, a);
@@ -347,7 +378,12 @@ impl Devices {
                     s.peers.insert(m.initiator.ip);
                 }
             }
-            Emitted::Activity { meta, window, fwd, rev } => {
+            Emitted::Activity {
+                meta,
+                window,
+                fwd,
+                rev,
+            } => {
                 self.close_before(*window, out);
                 let (a, b) = self.ends(meta);
                 for (id, ip, mac, out_pb, in_pb) in [
@@ -366,7 +402,9 @@ impl Devices {
                     s.v[3] += in_pb.1 as f64;
                 }
             }
-            Emitted::App { meta, ts, event, .. } => {
+            Emitted::App {
+                meta, ts, event, ..
+            } => {
                 let w = self.window_of(*ts);
                 let (a, b) = self.ends(meta);
                 let (Some(a), server) = (a, b) else {
@@ -387,7 +425,9 @@ impl Devices {
                         if let Some(i) = idx {
                             self.stats(w, a).v[i] += 1.0;
                         }
-                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                        if let Some(p) =
+                            self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
+                        {
                             p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
                         }
                         if let Some(b) = server {
@@ -396,17 +436,23 @@ impl Devices {
                     }
                     ProtoEvent::MqttPublish { topic, .. } => {
                         self.stats(w, a).v[6] += 1.0;
-                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                        if let Some(p) =
+                            self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
+                        {
                             p.mqtt_topics.insert(topic.clone(), SMALL_CAP);
                         }
                     }
                     ProtoEvent::MqttConnect { client_id, .. } => {
-                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                        if let Some(p) =
+                            self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
+                        {
                             p.mqtt_client_ids.insert(client_id.clone(), 8);
                         }
                     }
                     ProtoEvent::TlsClientHello { sni: Some(sni), .. } => {
-                        if let Some(p) = self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out) {
+                        if let Some(p) =
+                            self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
+                        {
                             p.tls_sni.insert(sni.clone(), SMALL_CAP);
                         }
                     }
@@ -434,10 +480,20 @@ impl Devices {
         }
     }
 
-    fn offered(&mut self, b: DeviceId, meta: &FlowMeta, app: AppProto, ts: Timestamp, out: &mut Vec<DeviceOutput>) {
+    fn offered(
+        &mut self,
+        b: DeviceId,
+        meta: &FlowMeta,
+        app: AppProto,
+        ts: Timestamp,
+        out: &mut Vec<DeviceOutput>,
+    ) {
         let proto = if meta.proto == 6 { "tcp" } else { "udp" };
         if let Some(p) = self.profile(b, meta.responder.ip, meta.responder_mac, ts, out) {
-            p.services_offered.insert(format!("{proto}/{} {}", meta.responder.port, app.as_str()), SMALL_CAP);
+            p.services_offered.insert(
+                format!("{proto}/{} {}", meta.responder.port, app.as_str()),
+                SMALL_CAP,
+            );
             p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
         }
     }
@@ -457,13 +513,21 @@ impl Devices {
         }
     }
 
-    fn emit_window(&mut self, start: Timestamp, map: HashMap<DeviceId, WindowStats>, out: &mut Vec<DeviceOutput>) {
+    fn emit_window(
+        &mut self,
+        start: Timestamp,
+        map: HashMap<DeviceId, WindowStats>,
+        out: &mut Vec<DeviceOutput>,
+    ) {
         let mut ids: Vec<_> = map.into_iter().collect();
-        ids.sort_by(|a, b| a.0.cmp(&b.0));
+        ids.sort_by_key(|a| a.0);
         let cap = self.cfg.max_peers;
         for (id, mut s) in ids {
             let mut new_peers = Vec::new();
-            let ip = self.profiles.get(&id).and_then(|p| p.ips.items.iter().next().copied());
+            let ip = self
+                .profiles
+                .get(&id)
+                .and_then(|p| p.ips.items.iter().next().copied());
             if let Some(p) = self.profiles.get_mut(&id) {
                 let mut peers: Vec<_> = s.peers.iter().copied().collect();
                 peers.sort();
