@@ -2,12 +2,14 @@
 //! final statistics. `main.rs` only parses arguments and maps the result to an exit code.
 
 use crate::alert::{flow_event, Alerter, EveWriter};
+use crate::analysis::{Analysis, Learning};
 use crate::capture::file::{CaptureError, CaptureFile, Next};
 use crate::capture::RawFrame;
 use crate::decode::{self, Decoded, Decoder};
 use crate::decode::{Net, PacketSummary};
+use crate::detect::learned::Model;
 use crate::detect::rules::{RuleError, RuleSet};
-use crate::detect::{Detectors, Finding};
+use crate::detect::Finding;
 use crate::flow::{Direction, FlowEvent, FlowMeta, FlowRecord, FlowTable};
 use crate::proto::{Analyzer, ProtoEvent};
 use crate::settings::{ConfigError, Settings};
@@ -193,8 +195,9 @@ pub struct OutputOptions {
 /// The single-threaded engine: a worker plus the writer.
 pub struct Engine {
     pub worker: Worker,
-    pub detectors: Detectors,
+    pub analysis: Analysis,
     findings: Vec<Finding>,
+    new_devices: Vec<crate::device::DeviceProfile>,
     alerter: Alerter,
     pub writer: EveWriter,
     emit_flows: bool,
@@ -206,7 +209,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(settings: &Settings, rules: RuleSet, out: &OutputOptions) -> Result<Self, AppError> {
+    pub fn new(
+        settings: &Settings,
+        rules: RuleSet,
+        out: &OutputOptions,
+        model: Option<Model>,
+        learning: Learning,
+    ) -> Result<Self, AppError> {
         let (sink, target): (Box<dyn Write + Send>, String) = if out.discard {
             (Box::new(std::io::sink()), "(discarded)".into())
         } else {
@@ -224,8 +233,9 @@ impl Engine {
         };
         Ok(Engine {
             worker: Worker::new(settings),
-            detectors: Detectors::new(settings, &rules)?,
+            analysis: Analysis::new(settings, &rules, model, learning)?,
             findings: Vec::with_capacity(16),
+            new_devices: Vec::new(),
             alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
             writer: EveWriter::new(sink, &target),
             emit_flows: out.flows,
@@ -266,11 +276,15 @@ impl Engine {
     fn write_emitted(&mut self) {
         let t0 = self.worker.timing.map(|_| Instant::now());
         for e in self.emitted.drain(..) {
-            self.detectors.on_event(&e, &mut self.findings);
+            self.analysis
+                .on_event(&e, &mut self.findings, &mut self.new_devices);
             if let Emitted::Flow(r) = &e {
                 if self.emit_flows {
                     self.writer.write(&flow_event(r));
                 }
+            }
+            for d in self.new_devices.drain(..) {
+                self.writer.write(&crate::alert::device_event(&d));
             }
             for f in self.findings.drain(..) {
                 if let Some(v) = self.alerter.alert(&f) {
@@ -284,7 +298,11 @@ impl Engine {
     }
 
     fn finish_detectors(&mut self) {
-        self.detectors.finish(&mut self.findings);
+        self.analysis
+            .finish(&mut self.findings, &mut self.new_devices);
+        for d in self.new_devices.drain(..) {
+            self.writer.write(&crate::alert::device_event(&d));
+        }
         for f in self.findings.drain(..) {
             if let Some(v) = self.alerter.alert(&f) {
                 self.writer.write(&v);
@@ -382,6 +400,8 @@ pub struct ReplayOptions {
     pub progress: bool,
     pub quiet: bool,
     pub bench: bool,
+    pub model: Option<Model>,
+    pub learning: Learning,
 }
 
 /// Result of a replay.
@@ -390,6 +410,11 @@ pub struct ReplayReport {
     pub stats: Stats,
     pub wall: Duration,
     pub times: Option<StageTimes>,
+    /// The analysis stage at the end (inventory, learner).
+    pub analysis: Analysis,
+    /// Packet time of the first and last packet.
+    pub first_ts: Option<Timestamp>,
+    pub last_ts: Timestamp,
 }
 
 /// Replays capture files as one timeline.
@@ -404,7 +429,13 @@ pub fn replay(
     for p in &opts.inputs {
         files.push(CaptureFile::open(p)?);
     }
-    let mut engine = Engine::new(settings, rules, &opts.output)?;
+    let mut engine = Engine::new(
+        settings,
+        rules,
+        &opts.output,
+        opts.model.clone(),
+        opts.learning,
+    )?;
     if opts.bench {
         engine.worker.timing = Some(StageTimes::default());
     }
@@ -466,11 +497,20 @@ pub fn replay(
     if !opts.quiet && !opts.bench {
         eprint!("{}", engine.stats.summary(wall.as_secs_f64()));
     }
+    for n in &engine.analysis.notes {
+        if !opts.quiet {
+            eprintln!("tapwatch: {n}");
+        }
+    }
+    let last_ts = engine.worker.now();
     Ok(ReplayReport {
         outcome,
         stats: engine.stats.clone(),
         wall,
         times: engine.worker.timing,
+        first_ts: engine.first_ts,
+        last_ts,
+        analysis: engine.analysis,
     })
 }
 
@@ -510,4 +550,285 @@ pub fn bench_report(r: &ReplayReport) -> String {
         s += &format!("peak RSS     {:.1} MiB\n", rss as f64 / (1u64 << 20) as f64);
     }
     s
+}
+
+/// Loads a model: an explicit file, else `models/default.json` when present, else none.
+pub fn load_model(path: Option<&Path>) -> Result<Option<Model>, AppError> {
+    let p = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let d = Path::new("models/default.json");
+            if !d.is_file() {
+                return Ok(None);
+            }
+            d.to_path_buf()
+        }
+    };
+    Model::load(&p)
+        .map(Some)
+        .map_err(|e| AppError::Usage(e.to_string()))
+}
+
+fn sha256_file(p: &Path) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    if let Ok(mut f) = std::fs::File::open(p) {
+        use std::io::Read;
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replays captures with every window gathered (no detection output).
+pub fn collect(
+    settings: &Settings,
+    rules: RuleSet,
+    files: &[PathBuf],
+    stop: &AtomicBool,
+) -> Result<ReplayReport, AppError> {
+    let opts = ReplayOptions {
+        inputs: files.to_vec(),
+        output: OutputOptions {
+            discard: true,
+            ..Default::default()
+        },
+        progress: true,
+        quiet: true,
+        bench: false,
+        model: None,
+        learning: Learning::Collect,
+    };
+    let r = replay(settings, rules, &opts, stop)?;
+    Ok(r)
+}
+
+/// `tapwatch train`.
+pub fn train(
+    settings: &Settings,
+    rules: RuleSet,
+    a: &crate::cli::TrainArgs,
+    stop: &AtomicBool,
+) -> Result<Outcome, AppError> {
+    use crate::detect::learned::{self, Calibration, CaptureRef, Provenance, ScorerKind};
+    let kind = ScorerKind::parse(&a.kind)
+        .ok_or_else(|| AppError::Usage(format!("--kind {:?}: expected kmeans or gmm", a.kind)))?;
+    if !(0.5..1.0).contains(&a.quantile) || a.margin < 1.0 {
+        return Err(AppError::Usage(
+            "--quantile must be in [0.5, 1) and --margin at least 1".into(),
+        ));
+    }
+    let r = collect(settings, rules, &a.files, stop)?;
+    let Some(learner) = r.analysis.learner.as_ref() else {
+        return Err(AppError::Runtime("no learner".into()));
+    };
+    let captures = a
+        .files
+        .iter()
+        .map(|p| CaptureRef {
+            path: p.display().to_string(),
+            sha256: sha256_file(p),
+            packets: 0,
+        })
+        .collect::<Vec<_>>();
+    let prov = Provenance {
+        captures,
+        first_packet: r.first_ts.unwrap_or_default().rfc3339().to_string(),
+        last_packet: r.last_ts.rfc3339().to_string(),
+        trained_at: wall_clock_rfc3339(),
+        tapwatch_version: env!("CARGO_PKG_VERSION").into(),
+        windows: learner.all.len() as u64,
+        devices: 0,
+    };
+    let (mut model, scores) = learned::train(
+        learner,
+        settings.device.window_secs,
+        kind,
+        Calibration {
+            quantile: a.quantile,
+            margin: a.margin,
+        },
+        prov,
+    )
+    .map_err(AppError::Runtime)?;
+    model.provenance.devices = model.baselines.devices.len() as u64;
+    if let Some(c) = model.provenance.captures.first_mut() {
+        c.packets = r.stats.decode.packets;
+    }
+    model
+        .save(&a.output)
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if let (Some(eval), Some(truth)) = (&a.evaluate, &a.truth) {
+        let rules = load_rules(a.common.rules.as_deref())?;
+        let e = collect(settings, rules, std::slice::from_ref(eval), stop)?;
+        let windows = e
+            .analysis
+            .learner
+            .as_ref()
+            .and_then(|l| l.kept.clone())
+            .unwrap_or_default();
+        let labels = label_windows(&windows, truth, settings.device.window_secs)?;
+        let ev = learned::evaluate(&model, &windows, &labels);
+        println!(
+            "model={} windows={} attack_windows={} flagged={} true_flagged={} precision={:.3} recall={:.3} auc={:.3}",
+            model.scorer.name(),
+            ev.windows,
+            ev.positives,
+            ev.flagged,
+            ev.true_flagged,
+            ev.precision,
+            ev.recall,
+            ev.auc
+        );
+    }
+    let above = scores.iter().filter(|s| **s > model.threshold).count();
+    eprintln!(
+        "tapwatch: trained {} on {} windows of {} devices ({} packets, {} .. {}); threshold {:.3} ({} of {} training windows above it); wrote {}",
+        model.scorer.name(),
+        learner.all.len(),
+        model.baselines.devices.len(),
+        r.stats.decode.packets,
+        model.provenance.first_packet,
+        model.provenance.last_packet,
+        model.threshold,
+        above,
+        scores.len(),
+        a.output.display()
+    );
+    Ok(r.outcome)
+}
+
+/// Wall-clock time for provenance only (never for detection).
+fn wall_clock_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp::from_secs(d.as_secs()).rfc3339().to_string()
+}
+
+/// `tapwatch inventory`.
+pub fn inventory(
+    settings: &Settings,
+    rules: RuleSet,
+    files: &[PathBuf],
+    json: bool,
+    stop: &AtomicBool,
+) -> Result<Outcome, AppError> {
+    let opts = ReplayOptions {
+        inputs: files.to_vec(),
+        output: OutputOptions {
+            discard: true,
+            ..Default::default()
+        },
+        progress: true,
+        quiet: true,
+        bench: false,
+        model: None,
+        learning: Learning::Frozen,
+    };
+    let r = replay(settings, rules, &opts, stop)?;
+    let mut out = std::io::stdout().lock();
+    let devs = r.analysis.devices.inventory();
+    let res = if json {
+        devs.iter().try_for_each(|d| {
+            serde_json::to_writer(&mut out, d)
+                .map_err(std::io::Error::from)
+                .and_then(|_| out.write_all(b"\n"))
+        })
+    } else {
+        (|| {
+            writeln!(
+                out,
+                "{:<19} {:<17} {:<26} {:<20} {:<24} SERVICES OFFERED / MQTT / SNI",
+                "DEVICE", "MAC", "IPS", "FIRST SEEN", "PROTOCOLS"
+            )?;
+            for d in &devs {
+                let ips: Vec<String> = d.ips.items.iter().map(|i| i.to_string()).collect();
+                let mut extra: Vec<String> = d.services_offered.items.iter().cloned().collect();
+                extra.extend(
+                    d.mqtt_client_ids
+                        .items
+                        .iter()
+                        .map(|c| format!("client_id={c}")),
+                );
+                extra.extend(
+                    d.mqtt_topics
+                        .items
+                        .iter()
+                        .take(3)
+                        .map(|t| format!("topic={t}")),
+                );
+                extra.extend(d.tls_sni.items.iter().take(3).map(|t| format!("sni={t}")));
+                writeln!(
+                    out,
+                    "{:<19} {:<17} {:<26} {:<20} {:<24} {}",
+                    d.id.to_string(),
+                    d.mac.clone().unwrap_or_else(|| "-".into()),
+                    ips.join(","),
+                    d.first_seen.rfc3339().to_string().get(..19).unwrap_or(""),
+                    d.protocols
+                        .items
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    extra.join(" ")
+                )?;
+            }
+            Ok(())
+        })()
+    };
+    match res {
+        Ok(()) => Ok(r.outcome),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(r.outcome),
+        Err(e) => Err(AppError::Runtime(format!("standard output: {e}"))),
+    }
+}
+
+/// Labels device windows from a lab truth file: true when the window's device is the source
+/// of an attack-phase event that overlaps the window.
+pub fn label_windows(
+    windows: &[crate::device::WindowVector],
+    truth: &Path,
+    window_secs: u64,
+) -> Result<Vec<bool>, AppError> {
+    let text = std::fs::read_to_string(truth)
+        .map_err(|e| AppError::Usage(format!("{}: {e}", truth.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| AppError::Usage(format!("{}: {e}", truth.display())))?;
+    let attack_start = v["phases"]
+        .as_array()
+        .and_then(|p| p.iter().find(|x| x["name"] == "attack"))
+        .and_then(|p| p["start"].as_f64())
+        .unwrap_or(f64::MAX);
+    let events: Vec<(std::net::IpAddr, f64, f64)> = v["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    let src = e["src"].as_str()?.parse().ok()?;
+                    let start = e["start"].as_f64()?;
+                    let end = e["end"].as_f64()?;
+                    (start >= attack_start).then_some((src, start, end))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(windows
+        .iter()
+        .map(|w| {
+            let ws = w.window.as_secs_f64();
+            let we = ws + window_secs as f64;
+            w.ip.is_some_and(|ip| {
+                events
+                    .iter()
+                    .any(|(src, s, e)| *src == ip && *s < we && *e >= ws)
+            })
+        })
+        .collect())
 }

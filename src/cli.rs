@@ -22,9 +22,67 @@ pub enum Command {
     /// Capture live from an interface through libpcap.
     Live(LiveArgs),
     /// Validate the config, the rules and the model, then exit (non-zero on any problem).
-    Check(CommonArgs),
+    Check(CheckArgs),
     /// Replay a capture with output discarded and report packets/s, Gbit/s and time per stage.
     Bench(BenchArgs),
+    /// Learn per-device baselines and the outlier model from normal traffic; write a model file.
+    Train(TrainArgs),
+    /// Print the devices seen in captures (table, or JSON with --json).
+    Inventory(InventoryArgs),
+}
+
+/// Model options of `replay`, `live` and `bench`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ModelArgs {
+    /// Model file (baselines + learned model) [default: models/default.json if present].
+    #[arg(short, long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
+    /// Run without any model (no baseline or learned detection, unless --learn-for).
+    #[arg(long, conflicts_with = "model")]
+    pub no_model: bool,
+    /// Learn baselines and a model during the first DURATION of packet time (e.g. 10m), then
+    /// freeze them; replaces the model file.
+    #[arg(long, value_name = "DURATION")]
+    pub learn_for: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Captures of normal traffic.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Model file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Scoring model: kmeans (distance to the nearest centroid) or gmm (mixture likelihood).
+    #[arg(long, default_value = "kmeans")]
+    pub kind: String,
+    /// Quantile of the training scores that calibrates the threshold.
+    #[arg(long, default_value_t = 0.995)]
+    pub quantile: f64,
+    /// Multiplier on that quantile.
+    #[arg(long, default_value_t = 1.5)]
+    pub margin: f64,
+    /// Also score the windows of this capture and report precision, recall and AUC against
+    /// --truth (a lab truth file): a window is an attack window when its device is the source
+    /// of a labelled attack-phase event during it.
+    #[arg(long, value_name = "FILE", requires = "truth")]
+    pub evaluate: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub truth: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct InventoryArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options shared by every command.
@@ -39,6 +97,15 @@ pub struct CommonArgs {
     /// Home networks, comma-separated CIDRs (overrides the config file).
     #[arg(long, value_name = "CIDR,...")]
     pub home_net: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Model file to check [default: models/default.json if present].
+    #[arg(short, long, value_name = "FILE")]
+    pub model: Option<PathBuf>,
 }
 
 /// Output options of `replay` and `live`.
@@ -64,6 +131,8 @@ pub struct ReplayArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Capture files (pcap or pcapng, detected by content); `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -75,6 +144,8 @@ pub struct LiveArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Interface to capture on.
     #[arg(short, long, value_name = "IFACE")]
     pub interface: String,
@@ -96,6 +167,8 @@ pub struct LiveArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Capture files to replay.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,

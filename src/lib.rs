@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod alert;
+pub mod analysis;
 pub mod app;
 pub mod capture;
 pub mod cli;

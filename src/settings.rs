@@ -111,8 +111,8 @@ pub struct DeviceConfig {
     pub max_devices: usize,
     /// Peers (and services) remembered per device. Default 1,024.
     pub max_peers: usize,
-    /// A MAC address seen with more source IPs than this is a router: the devices behind it
-    /// are told apart by IP. Default 8.
+    /// A MAC address seen with more source IPv4 addresses than this (or twice as many IPv6
+    /// ones) is a router: the devices behind it are told apart by IP. Default 2.
     pub max_router_ips: usize,
 }
 
@@ -122,7 +122,7 @@ impl Default for DeviceConfig {
             window_secs: 60,
             max_devices: 10_000,
             max_peers: 1024,
-            max_router_ips: 8,
+            max_router_ips: 2,
         }
     }
 }

@@ -8,7 +8,11 @@ mod capture;
 mod cli;
 #[path = "suite/eve.rs"]
 mod eve;
+#[path = "suite/lab.rs"]
+mod lab;
 #[path = "suite/live.rs"]
 mod live;
 #[path = "suite/protocols.rs"]
 mod protocols;
+#[path = "suite/scorer.rs"]
+mod scorer;

@@ -186,6 +186,28 @@ pub fn flow_event(r: &FlowRecord) -> Value {
     Value::Object(e)
 }
 
+/// The EVE `device` event, written when a device appears for the first time.
+pub fn device_event(d: &crate::device::DeviceProfile) -> Value {
+    let mut e = Map::new();
+    e.insert(
+        "timestamp".into(),
+        d.first_seen.rfc3339().to_string().into(),
+    );
+    e.insert("event_type".into(), "device".into());
+    if let Some(ip) = d.ips.items.iter().next() {
+        e.insert("src_ip".into(), ip.to_string().into());
+    }
+    e.insert(
+        "device".into(),
+        json!({
+            "id": d.id.to_string(),
+            "mac": d.mac,
+            "ips": d.ips.items.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        }),
+    );
+    Value::Object(e)
+}
+
 /// Alert counters.
 #[derive(Clone, Debug, Default)]
 pub struct AlertCounters {

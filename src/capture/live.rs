@@ -16,6 +16,8 @@ pub struct LiveOptions {
     /// Bytes captured per packet.
     pub snaplen: i32,
     pub promisc: bool,
+    pub model: Option<crate::detect::learned::Model>,
+    pub learning: crate::analysis::Learning,
 }
 
 fn err(iface: &str, e: pcap::Error) -> AppError {
@@ -61,7 +63,9 @@ pub fn run(
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        let r = capture_loop(settings, rules, out, quiet, stop, &mut cap, link, iface);
+        let r = capture_loop(
+            settings, rules, opts, out, quiet, stop, &mut cap, link, iface,
+        );
         finished.store(true, Ordering::Relaxed);
         r
     })
@@ -71,6 +75,7 @@ pub fn run(
 fn capture_loop(
     settings: &Settings,
     rules: RuleSet,
+    opts: &LiveOptions,
     out: &OutputOptions,
     quiet: bool,
     stop: &AtomicBool,
@@ -78,7 +83,7 @@ fn capture_loop(
     link: u32,
     iface: &str,
 ) -> Result<Outcome, AppError> {
-    let mut engine = Engine::new(settings, rules, out)?;
+    let mut engine = Engine::new(settings, rules, out, opts.model.clone(), opts.learning)?;
     engine.set_stats_interval(settings.stats_interval_secs);
     let started = std::time::Instant::now();
     let mut outcome = Outcome::Done;

@@ -4,6 +4,8 @@
 //! which rule, with the evidence that explains it. Detectors decide; they neither suppress nor
 //! write (that is the alert stage's job).
 
+pub mod baseline;
+pub mod learned;
 pub mod protocol;
 pub mod rules;
 
@@ -164,8 +166,11 @@ impl Detectors {
     pub fn on_event(&mut self, ev: &Emitted, out: &mut Vec<Finding>) {
         match ev {
             Emitted::App {
-                meta, ts, event, ..
-            } => self.protocol.on_app(meta, *ts, event, out),
+                meta,
+                ts,
+                dir,
+                event,
+            } => self.protocol.on_app(meta, *ts, *dir, event, out),
             Emitted::Flow(r) => self.protocol.on_flow_end(r, out),
             Emitted::Started(_) | Emitted::Packet(_) | Emitted::Activity { .. } => {}
         }

@@ -5,7 +5,7 @@
 
 use super::rules::{Rule, RuleError, RuleSet};
 use super::{Finding, Kind};
-use crate::flow::{FlowId, FlowMeta, FlowRecord};
+use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
@@ -367,6 +367,7 @@ impl ProtocolDetector {
         &mut self,
         meta: &FlowMeta,
         ts: Timestamp,
+        dir: Direction,
         ev: &ProtoEvent,
         out: &mut Vec<Finding>,
     ) {
@@ -439,12 +440,15 @@ impl ProtocolDetector {
                     out,
                 );
             }
+            // Only what the client sends: the broker's deliveries to subscribers are not theirs.
             ProtoEvent::MqttPublish {
                 topic, qos, retain, ..
-            } => {
+            } if dir == Direction::Forward => {
                 self.acl_publish(meta, ts, topic, *qos, *retain, out);
             }
-            ProtoEvent::MqttSubscribe { filters } => self.acl_subscribe(meta, ts, filters, out),
+            ProtoEvent::MqttSubscribe { filters } if dir == Direction::Forward => {
+                self.acl_subscribe(meta, ts, filters, out)
+            }
             ProtoEvent::TlsClientHello {
                 sni,
                 legacy_version,
@@ -553,14 +557,21 @@ impl ProtocolDetector {
                 .with("password_length", pw.len())
                 .with("method", method)
                 .with("outcome", outcome.as_str());
-            f.identifier = format!(
-                "{}|{}|{}|{}|{}",
-                meta.initiator.ip,
-                meta.responder.ip,
-                meta.responder.port,
-                username,
-                outcome.as_str()
-            );
+            // Accepted logins are told apart by user; failed ones are summarised per service
+            // (a brute force is one alert of its own, not one per guess).
+            f.identifier = match outcome {
+                Outcome::Accepted => format!(
+                    "{}|{}|{}|{}|accepted",
+                    meta.initiator.ip, meta.responder.ip, meta.responder.port, username
+                ),
+                _ => format!(
+                    "{}|{}|{}|{}",
+                    meta.initiator.ip,
+                    meta.responder.ip,
+                    meta.responder.port,
+                    outcome.as_str()
+                ),
+            };
             out.push(f);
             if self.defaults.contains(&(username.to_string(), pw.to_vec())) {
                 let mut f = Finding::for_flow(ts, Kind::DefaultCredentials, meta, Some(app_s))
@@ -570,15 +581,19 @@ impl ProtocolDetector {
                     .with("method", method)
                     .with("outcome", outcome.as_str())
                     .with("lists", self.default_lists.clone());
-                f.identifier = format!(
-                    "{}|{}|{}|{}|{}|{}",
-                    meta.initiator.ip,
-                    meta.responder.ip,
-                    meta.responder.port,
-                    username,
-                    mask(pw),
-                    outcome.as_str()
-                );
+                f.identifier = match outcome {
+                    Outcome::Accepted => format!(
+                        "{}|{}|{}|{}|accepted",
+                        meta.initiator.ip, meta.responder.ip, meta.responder.port, username
+                    ),
+                    _ => format!(
+                        "{}|{}|{}|{}",
+                        meta.initiator.ip,
+                        meta.responder.ip,
+                        meta.responder.port,
+                        outcome.as_str()
+                    ),
+                };
                 out.push(f);
             }
         }
@@ -608,9 +623,10 @@ impl ProtocolDetector {
             }
             Outcome::Accepted => {
                 e.successes += 1;
-                if e.failures > 0 {
+                // A success right after failures is the brute force's outcome; it does not keep
+                // the episode open (the source's ordinary logins would).
+                if e.failures > 0 && e.accepted_user.is_none() {
                     e.accepted_user = Some(username.to_string());
-                    e.last = ts;
                 }
             }
             Outcome::Unknown => {}

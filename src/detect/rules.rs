@@ -32,6 +32,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "rules/20-credentials.toml",
         include_str!("../../rules/20-credentials.toml"),
     ),
+    (
+        "rules/50-baseline.toml",
+        include_str!("../../rules/50-baseline.toml"),
+    ),
 ];
 
 #[derive(Deserialize)]

@@ -101,6 +101,8 @@ pub struct Learner {
     pub all: Vec<[f64; N_FEATURES]>,
     pub seen: u64,
     max_peers: usize,
+    /// Every window vector, when kept (evaluation), bounded.
+    pub kept: Option<Vec<WindowVector>>,
 }
 
 impl Learner {
@@ -114,6 +116,11 @@ impl Learner {
     /// One window of one device (with its profile, for peers and services).
     pub fn observe(&mut self, w: &WindowVector, profile: Option<&DeviceProfile>) {
         self.seen += 1;
+        if let Some(k) = self.kept.as_mut() {
+            if k.len() < MAX_TRAINING_WINDOWS {
+                k.push(w.clone());
+            }
+        }
         // Deterministic thinning once full: keep every n-th window.
         if self.all.len() < MAX_TRAINING_WINDOWS {
             self.all.push(w.values);

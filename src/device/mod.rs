@@ -14,7 +14,7 @@ pub mod baseline;
 
 use crate::app::Emitted;
 use crate::decode::{fmt_mac, Mac, Net};
-use crate::flow::FlowMeta;
+use crate::flow::{Direction, FlowMeta};
 use crate::proto::{AppProto, ProtoEvent};
 use crate::settings::{DeviceConfig, Settings};
 use crate::time::Timestamp;
@@ -165,6 +165,8 @@ const SMALL_CAP: usize = 32;
 struct WindowStats {
     v: [f64; N_FEATURES],
     peers: HashSet<IpAddr>,
+    /// Peers this device opened flows to.
+    out_peers: HashSet<IpAddr>,
     ports: HashSet<u16>,
 }
 
@@ -179,6 +181,9 @@ pub struct WindowVector {
     pub new_peers: Vec<IpAddr>,
     /// A representative IP of the device.
     pub ip: Option<IpAddr>,
+    /// The window is only partly covered by the input (the first window after the start, the
+    /// last one at the end): neither learned from nor judged.
+    pub partial: bool,
 }
 
 /// Output of the device stage.
@@ -207,6 +212,8 @@ pub struct Devices {
     routers: HashSet<Mac>,
     /// Open windows: start -> per device stats.
     windows: std::collections::BTreeMap<Timestamp, HashMap<DeviceId, WindowStats>>,
+    /// The first complete window: the one after the window of the first event.
+    first_window: Timestamp,
     pub counters: DeviceCounters,
 }
 
@@ -219,6 +226,7 @@ impl Devices {
             mac_ips: HashMap::new(),
             routers: HashSet::new(),
             windows: Default::default(),
+            first_window: Timestamp::ZERO,
             counters: DeviceCounters::default(),
         }
     }
@@ -263,7 +271,10 @@ impl Devices {
         }
         let set = self.mac_ips.entry(m).or_default();
         set.insert(ip);
-        if set.len() > self.cfg.max_router_ips {
+        let v4 = set.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = set.len() - v4;
+        // A host has one IPv4 address and a few IPv6 ones; a router carries many.
+        if v4 > self.cfg.max_router_ips || v6 > 2 * self.cfg.max_router_ips {
             self.routers.insert(m);
             self.mac_ips.remove(&m);
             self.counters.routers += 1;
@@ -324,6 +335,9 @@ impl Devices {
     }
 
     fn stats(&mut self, window: Timestamp, id: DeviceId) -> &mut WindowStats {
+        if self.first_window == Timestamp::ZERO {
+            self.first_window = window.plus_secs(self.cfg.window_secs);
+        }
         self.windows
             .entry(window)
             .or_default()
@@ -344,6 +358,7 @@ impl Devices {
         match ev {
             Emitted::Started(m) => {
                 self.note_mac(m.initiator_mac, m.initiator.ip);
+                self.note_mac(m.responder_mac, m.responder.ip);
                 self.close_before(self.window_of(m.first), out);
                 let w = self.window_of(m.first);
                 let (a, b) = self.ends(m);
@@ -369,10 +384,12 @@ impl Devices {
                         s.ports.insert(m.responder.port);
                     }
                     s.peers.insert(m.responder.ip);
+                    s.out_peers.insert(m.responder.ip);
                     let _ = cap;
                 }
-                if let Some(b) = b {
-                    self.profile(b, m.responder.ip, m.responder_mac, m.first, out);
+                // A responder is a device only once it answers (a scan's targets that do not
+                // exist are not devices); flows towards a known device count as its flows_in.
+                if let Some(b) = b.filter(|b| self.profiles.contains_key(b)) {
                     let s = self.stats(w, b);
                     s.v[5] += 1.0;
                     s.peers.insert(m.initiator.ip);
@@ -391,6 +408,9 @@ impl Devices {
                     (b, meta.responder.ip, meta.responder_mac, *rev, *fwd),
                 ] {
                     let Some(id) = id else { continue };
+                    if out_pb.0 == 0 && !self.profiles.contains_key(&id) {
+                        continue;
+                    }
                     if let Some(p) = self.profile(id, ip, mac, *window, out) {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
@@ -403,7 +423,10 @@ impl Devices {
                 }
             }
             Emitted::App {
-                meta, ts, event, ..
+                meta,
+                ts,
+                event,
+                dir,
             } => {
                 let w = self.window_of(*ts);
                 let (a, b) = self.ends(meta);
@@ -434,7 +457,7 @@ impl Devices {
                             self.offered(b, meta, *app, *ts, out);
                         }
                     }
-                    ProtoEvent::MqttPublish { topic, .. } => {
+                    ProtoEvent::MqttPublish { topic, .. } if *dir == Direction::Forward => {
                         self.stats(w, a).v[6] += 1.0;
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
@@ -508,7 +531,7 @@ impl Devices {
                 break;
             }
             if let Some(map) = self.windows.remove(&start) {
-                self.emit_window(start, map, out);
+                self.emit_window(start, map, false, out);
             }
         }
     }
@@ -517,6 +540,7 @@ impl Devices {
         &mut self,
         start: Timestamp,
         map: HashMap<DeviceId, WindowStats>,
+        final_close: bool,
         out: &mut Vec<DeviceOutput>,
     ) {
         let mut ids: Vec<_> = map.into_iter().collect();
@@ -529,7 +553,7 @@ impl Devices {
                 .get(&id)
                 .and_then(|p| p.ips.items.iter().next().copied());
             if let Some(p) = self.profiles.get_mut(&id) {
-                let mut peers: Vec<_> = s.peers.iter().copied().collect();
+                let mut peers: Vec<_> = s.out_peers.iter().copied().collect();
                 peers.sort();
                 for peer in peers {
                     if !p.peers.contains(&peer) {
@@ -550,6 +574,7 @@ impl Devices {
                 values: s.v,
                 new_peers,
                 ip,
+                partial: start < self.first_window || final_close,
             }));
         }
     }
@@ -558,7 +583,9 @@ impl Devices {
     pub fn finish(&mut self, out: &mut Vec<DeviceOutput>) {
         while let Some((&start, _)) = self.windows.iter().next() {
             if let Some(map) = self.windows.remove(&start) {
-                self.emit_window(start, map, out);
+                // Only the last window is cut by the end of input.
+                let last = self.windows.is_empty();
+                self.emit_window(start, map, last, out);
             }
         }
     }

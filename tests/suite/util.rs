@@ -51,6 +51,8 @@ pub fn replay_stats(files: &[PathBuf]) -> ReplayReport {
         progress: false,
         quiet: true,
         bench: false,
+        model: None,
+        learning: Default::default(),
     };
     app::replay(&Settings::default(), rules, &opts, &AtomicBool::new(false)).expect("replay")
 }

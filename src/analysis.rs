@@ -1,0 +1,178 @@
+//! The analysis stage: everything that needs a view across flows. It owns the device table, the
+//! detectors, the baselines and the learned model, and is fed by the workers' [`Emitted`] events.
+//!
+//! Learning modes: with a model file, baselines and the model come from it; with
+//! `--learn-for`, the first part of the run is learned (no baseline or learned alerts during
+//! it), then baselines are frozen and a model trained; `tapwatch train` gathers every window.
+
+use crate::app::Emitted;
+use crate::detect::baseline::BaselineDetector;
+use crate::detect::learned::{self, Calibration, Model, Provenance, ScorerKind};
+use crate::detect::rules::{RuleError, RuleSet};
+use crate::detect::{Detectors, Finding};
+use crate::device::baseline::{Baselines, Learner};
+use crate::device::{DeviceOutput, DeviceProfile, Devices};
+use crate::settings::Settings;
+use crate::time::Timestamp;
+
+/// How baselines are obtained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Learning {
+    /// Baselines and model from the model file (or none).
+    #[default]
+    Frozen,
+    /// Learn during the first `secs` seconds of packet time, then freeze.
+    Online { secs: u64 },
+    /// Gather every window for `tapwatch train`; no baseline detection.
+    Collect,
+}
+
+pub struct Analysis {
+    pub devices: Devices,
+    pub detectors: Detectors,
+    baseline: BaselineDetector,
+    pub baselines: Baselines,
+    pub model: Option<Model>,
+    pub learner: Option<Learner>,
+    learning: Learning,
+    learn_until: Option<Timestamp>,
+    dev_out: Vec<DeviceOutput>,
+    /// Messages for the operator (learning finished...).
+    pub notes: Vec<String>,
+}
+
+impl Analysis {
+    pub fn new(
+        settings: &Settings,
+        rules: &RuleSet,
+        model: Option<Model>,
+        learning: Learning,
+    ) -> Result<Self, RuleError> {
+        let baselines = model
+            .as_ref()
+            .map(|m| m.baselines.clone())
+            .unwrap_or_default();
+        let learner = match learning {
+            Learning::Frozen => None,
+            Learning::Online { .. } => Some(Learner::new(settings.device.max_peers)),
+            Learning::Collect => {
+                let mut l = Learner::new(settings.device.max_peers);
+                l.kept = Some(Vec::new());
+                Some(l)
+            }
+        };
+        Ok(Analysis {
+            devices: Devices::new(settings),
+            detectors: Detectors::new(settings, rules)?,
+            baseline: BaselineDetector::new(settings, rules)?,
+            baselines,
+            model,
+            learner,
+            learning,
+            learn_until: None,
+            dev_out: Vec::new(),
+            notes: Vec::new(),
+        })
+    }
+
+    /// One worker event: devices, then detectors.
+    pub fn on_event(
+        &mut self,
+        ev: &Emitted,
+        findings: &mut Vec<Finding>,
+        new_devices: &mut Vec<DeviceProfile>,
+    ) {
+        self.detectors.on_event(ev, findings);
+        self.devices.on_event(ev, &mut self.dev_out);
+        self.drain_devices(findings, new_devices);
+    }
+
+    fn drain_devices(&mut self, findings: &mut Vec<Finding>, new_devices: &mut Vec<DeviceProfile>) {
+        let outs = std::mem::take(&mut self.dev_out);
+        for o in &outs {
+            match o {
+                DeviceOutput::New(p) => new_devices.push((**p).clone()),
+                DeviceOutput::Window(w) if w.partial => {}
+                DeviceOutput::Window(w) => {
+                    let learning = match self.learning {
+                        Learning::Collect => true,
+                        Learning::Frozen => false,
+                        Learning::Online { secs } => {
+                            let until = *self.learn_until.get_or_insert(w.window.plus_secs(secs));
+                            if w.window < until {
+                                true
+                            } else {
+                                self.freeze(w.window);
+                                false
+                            }
+                        }
+                    };
+                    let profile = self.devices.get(&w.device);
+                    if learning {
+                        if let Some(l) = self.learner.as_mut() {
+                            l.observe(w, profile);
+                        }
+                    } else {
+                        self.baseline.on_window(
+                            w,
+                            profile,
+                            &self.baselines,
+                            self.model.as_ref(),
+                            findings,
+                        );
+                    }
+                }
+            }
+        }
+        self.dev_out = outs;
+        self.dev_out.clear();
+    }
+
+    /// Ends online learning: freezes the baselines and trains a model.
+    fn freeze(&mut self, at: Timestamp) {
+        let Some(l) = self.learner.take() else { return };
+        self.learning = Learning::Frozen;
+        self.baselines = l.build();
+        let prov = Provenance {
+            captures: Vec::new(),
+            first_packet: String::new(),
+            last_packet: at.rfc3339().to_string(),
+            trained_at: String::new(),
+            tapwatch_version: env!("CARGO_PKG_VERSION").into(),
+            windows: l.all.len() as u64,
+            devices: self.baselines.devices.len() as u64,
+        };
+        match learned::train(
+            &l,
+            self.devices.window_secs(),
+            ScorerKind::Kmeans,
+            Calibration {
+                quantile: 0.995,
+                margin: 1.5,
+            },
+            prov,
+        ) {
+            Ok((m, _)) => {
+                self.notes.push(format!(
+                    "learning done at {}: {} devices, {} windows; baselines frozen, k-means model trained",
+                    at.rfc3339(),
+                    self.baselines.devices.len(),
+                    l.all.len()
+                ));
+                self.model = Some(m);
+            }
+            Err(e) => self.notes.push(format!(
+                "learning done at {}: baselines frozen for {} devices; no learned model ({e})",
+                at.rfc3339(),
+                self.baselines.devices.len()
+            )),
+        }
+    }
+
+    /// End of input.
+    pub fn finish(&mut self, findings: &mut Vec<Finding>, new_devices: &mut Vec<DeviceProfile>) {
+        self.detectors.finish(findings);
+        self.devices.finish(&mut self.dev_out);
+        self.drain_devices(findings, new_devices);
+    }
+}
