@@ -2,6 +2,8 @@
 #[path = "suite/util.rs"]
 mod util;
 
+#[path = "suite/baseline.rs"]
+mod baseline;
 #[path = "suite/capture.rs"]
 mod capture;
 #[path = "suite/cli.rs"]

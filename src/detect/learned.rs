@@ -431,13 +431,25 @@ pub fn train_scorer(z: &[[f64; N_FEATURES]], kind: ScorerKind) -> Result<Scorer,
             })
         }
         ScorerKind::Gmm => {
-            let k = (z.len() / 50).clamp(1, 4);
-            let model = linfa_clustering::GaussianMixtureModel::params_with_rng(k, rng)
-                .n_runs(2)
-                .reg_covariance(1e-3)
-                .max_n_iterations(200)
-                .fit(&ds)
-                .map_err(|e| format!("Gaussian mixture: {e}"))?;
+            // Fewer components when the data cannot support more (a component left empty).
+            let kmax = (z.len() / 50).clamp(1, 4);
+            let mut fitted = None;
+            let mut last_err = String::new();
+            for k in (1..=kmax).rev() {
+                match linfa_clustering::GaussianMixtureModel::params_with_rng(k, rng.clone())
+                    .n_runs(2)
+                    .reg_covariance(1e-3)
+                    .max_n_iterations(200)
+                    .fit(&ds)
+                {
+                    Ok(m) => {
+                        fitted = Some((k, m));
+                        break;
+                    }
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+            let (k, model) = fitted.ok_or_else(|| format!("Gaussian mixture: {last_err}"))?;
             let n = N_FEATURES;
             let covs = model.covariances();
             let cholesky_factors = (0..k)

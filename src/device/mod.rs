@@ -323,6 +323,8 @@ impl Devices {
                 bytes: 0,
             };
             self.counters.devices += 1;
+            let mut p = p;
+            p.ips.insert(ip, 16);
             out.push(DeviceOutput::New(Box::new(p.clone())));
             self.profiles.insert(id, p);
         }
