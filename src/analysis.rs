@@ -61,9 +61,11 @@ impl Analysis {
                 Some(l)
             }
         };
+        let mut detectors = Detectors::new(settings, rules)?;
+        seed_known_pairs(&mut detectors, &baselines);
         Ok(Analysis {
             devices: Devices::new(settings),
-            detectors: Detectors::new(settings, rules)?,
+            detectors,
             baseline: BaselineDetector::new(settings, rules)?,
             baselines,
             model,
@@ -133,6 +135,7 @@ impl Analysis {
         let Some(l) = self.learner.take() else { return };
         self.learning = Learning::Frozen;
         self.baselines = l.build();
+        seed_known_pairs(&mut self.detectors, &self.baselines);
         let prov = Provenance {
             captures: Vec::new(),
             first_packet: String::new(),
@@ -174,5 +177,17 @@ impl Analysis {
         self.detectors.finish(findings);
         self.devices.finish(&mut self.dev_out);
         self.drain_devices(findings, new_devices);
+    }
+}
+
+/// Pairs of hosts that talked during training are known to the lateral-movement detector: their
+/// sessions are not first contacts.
+fn seed_known_pairs(d: &mut Detectors, b: &Baselines) {
+    for dev in &b.devices {
+        for ip in &dev.ips {
+            for peer in &dev.peers {
+                d.lateral.seed_known(*ip, *peer);
+            }
+        }
     }
 }

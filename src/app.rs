@@ -122,6 +122,11 @@ impl Worker {
             if matches!(p.net, Net::Arp(_)) {
                 out.push(Emitted::Packet(p));
             } else {
+                // ICMP packets also go to the analysis stage: echo sweeps need the ICMP type,
+                // which flow records do not keep.
+                if matches!(p.transport(), Some(decode::Transport::Icmp { .. })) {
+                    out.push(Emitted::Packet(p));
+                }
                 self.flows
                     .observe(&p, decode::payload(frame, &p), &mut self.events);
                 self.hand_on(out);

@@ -31,6 +31,17 @@ struct RawConfig {
     alert: RawAlert,
     output: RawOutput,
     device: RawDevice,
+    /// Zone segmentation policy: `[[segmentation]]` entries.
+    segmentation: Vec<RawSegmentation>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSegmentation {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -92,6 +103,123 @@ pub const DEFAULT_HOME_NET: &[&str] = &[
     "fe80::/10",
 ];
 
+/// Service names usable in `[[segmentation]] allow` lists: name -> (IP protocol, ports).
+pub const SERVICE_NAMES: &[(&str, u8, &[u16])] = &[
+    ("ssh", 6, &[22]),
+    ("telnet", 6, &[23, 2323]),
+    ("smb", 6, &[445, 139]),
+    ("rdp", 6, &[3389]),
+    ("winrm", 6, &[5985, 5986]),
+    ("vnc", 6, &[5900, 5901, 5902, 5903]),
+    ("dcerpc", 6, &[135]),
+    ("http", 6, &[80, 8080]),
+    ("https", 6, &[443, 8443]),
+    ("dns", 17, &[53]),
+    ("dns", 6, &[53]),
+    ("ntp", 17, &[123]),
+    ("mqtt", 6, &[1883]),
+    ("mqtts", 6, &[8883]),
+    ("modbus", 6, &[502]),
+    ("s7", 6, &[102]),
+    ("dnp3", 6, &[20000]),
+    ("bacnet", 17, &[47808]),
+    ("opcua", 6, &[4840]),
+    ("coap", 17, &[5683]),
+    ("snmp", 17, &[161]),
+    ("syslog", 17, &[514]),
+    ("dhcp", 17, &[67]),
+    ("ftp", 6, &[21]),
+    ("rtsp", 6, &[554]),
+];
+
+/// One allowed service of a segmentation entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedService {
+    Any,
+    Icmp,
+    /// IP protocol and inclusive port range.
+    Ports {
+        proto: u8,
+        lo: u16,
+        hi: u16,
+    },
+}
+
+impl AllowedService {
+    fn parse(s: &str) -> Result<Vec<AllowedService>, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "any" | "*" => return Ok(vec![AllowedService::Any]),
+            "icmp" => return Ok(vec![AllowedService::Icmp]),
+            _ => {}
+        }
+        if let Some((proto, ports)) = t.split_once('/') {
+            let proto = match proto {
+                "tcp" => 6,
+                "udp" => 17,
+                _ => return Err(format!("unknown protocol in {s:?} (tcp or udp)")),
+            };
+            let port = |x: &str| {
+                x.trim()
+                    .parse::<u16>()
+                    .map_err(|_| format!("bad port in {s:?} (0..65535)"))
+            };
+            let (lo, hi) = match ports.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => (port(ports)?, port(ports)?),
+            };
+            if lo > hi {
+                return Err(format!("empty port range in {s:?}"));
+            }
+            return Ok(vec![AllowedService::Ports { proto, lo, hi }]);
+        }
+        let v: Vec<AllowedService> = SERVICE_NAMES
+            .iter()
+            .filter(|(n, _, _)| *n == t)
+            .flat_map(|(_, proto, ports)| {
+                ports.iter().map(|p| AllowedService::Ports {
+                    proto: *proto,
+                    lo: *p,
+                    hi: *p,
+                })
+            })
+            .collect();
+        if v.is_empty() {
+            return Err(format!(
+                "unknown service {s:?} (tcp/PORT, udp/PORT, tcp/LO-HI, icmp, any, or one of: {})",
+                SERVICE_NAMES
+                    .iter()
+                    .map(|(n, _, _)| *n)
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(v)
+    }
+
+    fn matches(&self, proto: u8, port: u16) -> bool {
+        match *self {
+            AllowedService::Any => true,
+            AllowedService::Icmp => proto == 1 || proto == 58,
+            AllowedService::Ports { proto: p, lo, hi } => p == proto && (lo..=hi).contains(&port),
+        }
+    }
+}
+
+/// One `[[segmentation]]` entry: hosts of zone `from` may open `allow` in zone `to`
+/// (`"*"` = any zone).
+#[derive(Clone, Debug)]
+pub struct SegmentationRule {
+    pub from: String,
+    pub to: String,
+    pub allow: Vec<AllowedService>,
+    /// The allow list as written (for alerts).
+    pub allow_text: Vec<String>,
+    pub line: usize,
+}
+
 /// Alert settings.
 #[derive(Clone, Debug)]
 pub struct AlertConfig {
@@ -140,6 +268,9 @@ pub struct Settings {
     /// Interval of `stats` events in live mode (seconds of packet time; 0 = only at the end).
     /// Default 60.
     pub stats_interval_secs: u64,
+    /// Zone segmentation policy; empty = no policy. Connections between two different zones
+    /// are allowed only when an entry allows them; traffic inside one zone is not checked.
+    pub segmentation: Vec<SegmentationRule>,
 }
 
 impl Default for Settings {
@@ -157,6 +288,7 @@ impl Default for Settings {
             },
             stats_interval_secs: 60,
             device: DeviceConfig::default(),
+            segmentation: Vec::new(),
         }
     }
 }
@@ -217,6 +349,41 @@ impl Settings {
         for (name, v) in &raw.zones {
             st.zones.push((name.clone(), nets(v)?));
         }
+        for seg in &raw.segmentation {
+            let zone_ok = |z: &Spanned<String>| -> Result<String, ConfigError> {
+                let name = z.get_ref();
+                if name == "*" || st.zones.iter().any(|(n, _)| n == name) {
+                    Ok(name.clone())
+                } else {
+                    Err(ConfigError {
+                        file: file.into(),
+                        line: line_of(text, z.span().start),
+                        reason: format!(
+                            "segmentation: unknown zone {name:?} (define it under [zones], or use \"*\")"
+                        ),
+                    })
+                }
+            };
+            let from = zone_ok(&seg.from)?;
+            let to = zone_ok(&seg.to)?;
+            let mut allow = Vec::new();
+            for a in &seg.allow {
+                allow.extend(
+                    AllowedService::parse(a.get_ref()).map_err(|reason| ConfigError {
+                        file: file.into(),
+                        line: line_of(text, a.span().start),
+                        reason: format!("segmentation: {reason}"),
+                    })?,
+                );
+            }
+            st.segmentation.push(SegmentationRule {
+                from,
+                to,
+                allow,
+                allow_text: seg.allow.iter().map(|a| a.get_ref().clone()).collect(),
+                line: line_of(text, seg.from.span().start),
+            });
+        }
         let f = &raw.flow;
         let d = FlowConfig::default();
         st.flow = FlowConfig {
@@ -276,6 +443,26 @@ impl Settings {
     /// True when `ip` is inside the home networks.
     pub fn is_home(&self, ip: IpAddr) -> bool {
         self.home_net.iter().any(|n| n.contains(&ip))
+    }
+
+    /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
+    /// (always within one zone).
+    pub fn segmentation_allows(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
+        from == to
+            || self.segmentation.iter().any(|r| {
+                (r.from == "*" || r.from == from)
+                    && (r.to == "*" || r.to == to)
+                    && r.allow.iter().any(|a| a.matches(proto, port))
+            })
+    }
+
+    /// The allow lists (as written) that apply from zone `from` to zone `to`.
+    pub fn segmentation_allowed(&self, from: &str, to: &str) -> Vec<String> {
+        self.segmentation
+            .iter()
+            .filter(|r| (r.from == "*" || r.from == from) && (r.to == "*" || r.to == to))
+            .flat_map(|r| r.allow_text.iter().cloned())
+            .collect()
     }
 
     /// Name of the most specific zone holding `ip` (longest prefix), if any.

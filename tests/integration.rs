@@ -16,5 +16,7 @@ mod lab;
 mod live;
 #[path = "suite/protocols.rs"]
 mod protocols;
+#[path = "suite/scan.rs"]
+mod scan;
 #[path = "suite/scorer.rs"]
 mod scorer;

@@ -5,9 +5,11 @@
 //! write (that is the alert stage's job).
 
 pub mod baseline;
+pub mod lateral;
 pub mod learned;
 pub mod protocol;
 pub mod rules;
+pub mod scan;
 
 use crate::decode::Vlans;
 use crate::flow::{Endpoint, FlowId};
@@ -146,6 +148,7 @@ impl Finding {
 }
 
 use crate::app::Emitted;
+use crate::proto::ProtoEvent;
 use crate::settings::Settings;
 use rules::{RuleError, RuleSet};
 
@@ -153,12 +156,16 @@ use rules::{RuleError, RuleSet};
 /// start, application event and flow record, whichever worker produced it.
 pub struct Detectors {
     pub protocol: protocol::ProtocolDetector,
+    pub scan: scan::ScanDetector,
+    pub lateral: lateral::LateralDetector,
 }
 
 impl Detectors {
     pub fn new(settings: &Settings, rules: &RuleSet) -> Result<Self, RuleError> {
         Ok(Detectors {
             protocol: protocol::ProtocolDetector::new(rules, settings.alert.reveal_secrets)?,
+            scan: scan::ScanDetector::new(settings, rules)?,
+            lateral: lateral::LateralDetector::new(settings, rules)?,
         })
     }
 
@@ -168,16 +175,26 @@ impl Detectors {
             Emitted::App {
                 meta,
                 ts,
+                event: ProtoEvent::Smb(e),
+                ..
+            } => self.lateral.on_smb(meta, *ts, e),
+            Emitted::App {
+                meta,
+                ts,
                 dir,
                 event,
             } => self.protocol.on_app(meta, *ts, *dir, event, out),
             Emitted::Flow(r) => self.protocol.on_flow_end(r, out),
             Emitted::Started(_) | Emitted::Packet(_) | Emitted::Activity { .. } => {}
         }
+        self.scan.on_event(ev, out);
+        self.lateral.on_event(ev, &self.scan, out);
     }
 
     /// End of input: report what is still open.
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
         self.protocol.finish(out);
+        self.scan.finish(out);
+        self.lateral.finish(&self.scan, out);
     }
 }

@@ -33,6 +33,14 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../rules/20-credentials.toml"),
     ),
     (
+        "rules/30-scan.toml",
+        include_str!("../../rules/30-scan.toml"),
+    ),
+    (
+        "rules/40-lateral.toml",
+        include_str!("../../rules/40-lateral.toml"),
+    ),
+    (
         "rules/50-baseline.toml",
         include_str!("../../rules/50-baseline.toml"),
     ),

@@ -36,6 +36,8 @@ mod telnet;
 mod tls;
 mod websocket;
 
+pub mod smb;
+
 mod stream;
 pub use stream::Analyzer;
 
@@ -212,6 +214,8 @@ pub enum ProtoEvent {
         app: AppProto,
         name: &'static str,
     },
+    /// SMB / DCE-RPC evidence (shares, named pipes, RPC interfaces, NTLM user).
+    Smb(smb::SmbEvent),
 }
 
 /// Resource limits of the analyzers.

@@ -14,6 +14,9 @@ const BAR: &[(&str, f64, f64)] = &[
     ("default_credentials", 1.0, 0.5),
     ("brute_force", 1.0, 1.0),
     ("topic_acl_violation", 1.0, 0.65),
+    ("port_scan", 1.0, 1.0),
+    ("host_scan", 1.0, 0.5),
+    ("lateral_movement", 1.0, 0.5),
     // With the shipped model (models/default.json, trained on pcaps/lab/benign.pcap).
     ("rate_spike", 1.0, 0.33),
     ("volume_spike", 1.0, 1.0),

@@ -1,0 +1,908 @@
+//! Lateral movement: zone segmentation policy, and admin / remote-execution sessions between
+//! internal hosts that never talked to each other.
+//!
+//! * With a segmentation policy (`[[segmentation]]` in the config file), a connection from one
+//!   zone to another that no entry allows raises `lateral_movement` when it is an admin service
+//!   and `policy_violation` otherwise (at the flow's start, one alert per source and zone pair
+//!   within the rule's suppression window).
+//! * Without a policy covering the two hosts, an internal host that opens an admin or
+//!   remote-execution session (SSH, Telnet, SMB, RDP, WinRM, VNC, DCE/RPC) to another internal
+//!   host it has never talked to raises `lateral_movement`. The flows of such a *fresh* pair that
+//!   follow within `idle_secs` make one episode, reported once when the pair goes quiet, with the
+//!   SMB evidence of all its flows: shares (`ADMIN$`, `IPC$`), named pipes (`svcctl`,
+//!   `PSEXESVC`...), DCE/RPC interfaces and operations, NTLM users.
+//! * A session from a host that scanned shortly before refers to the scan (`after_scan`).
+//!
+//! "Talked to" is remembered for every pair of hosts seen in a flow, in two generations of at
+//! most `max_peers` pairs each (the older one is dropped when the newer fills, and counted).
+
+use super::rules::{RuleError, RuleSet};
+use super::scan::ScanDetector;
+use super::{Finding, Kind};
+use crate::app::Emitted;
+use crate::flow::{Endpoint, FlowId, FlowMeta, FlowRecord};
+use crate::proto::smb::SmbEvent;
+use crate::settings::Settings;
+use crate::time::Timestamp;
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct LateralParams {
+    /// Admin / remote-execution services: name -> TCP ports.
+    #[serde(default = "d_admin")]
+    admin_services: BTreeMap<String, Vec<u16>>,
+    /// A fresh pair's episode ends after this long without a new flow or event (seconds).
+    #[serde(default = "d_idle")]
+    idle_secs: u64,
+    /// Pairs seen during this many seconds after the first packet are learned, not alerted.
+    #[serde(default)]
+    learning_secs: u64,
+    /// A scan by the same source that began at most this long before refers to it.
+    #[serde(default = "d_after_scan")]
+    after_scan_secs: u64,
+    /// Host pairs remembered per generation.
+    #[serde(default = "d_max_peers")]
+    max_peers: usize,
+    /// Account names that mark a privileged logon (case-insensitive).
+    #[serde(default = "d_privileged")]
+    privileged_users: Vec<String>,
+}
+
+fn d_admin() -> BTreeMap<String, Vec<u16>> {
+    [
+        ("ssh", vec![22]),
+        ("telnet", vec![23, 2323]),
+        ("smb", vec![445, 139]),
+        ("rdp", vec![3389]),
+        ("winrm", vec![5985, 5986]),
+        ("vnc", vec![5900, 5901, 5902, 5903]),
+        ("dcerpc", vec![135]),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+fn d_idle() -> u64 {
+    60
+}
+fn d_after_scan() -> u64 {
+    3600
+}
+fn d_max_peers() -> usize {
+    500_000
+}
+fn d_privileged() -> Vec<String> {
+    ["administrator", "admin", "root", "domain admin"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+impl Default for LateralParams {
+    fn default() -> Self {
+        LateralParams {
+            admin_services: d_admin(),
+            idle_secs: d_idle(),
+            learning_secs: 0,
+            after_scan_secs: d_after_scan(),
+            max_peers: d_max_peers(),
+            privileged_users: d_privileged(),
+        }
+    }
+}
+
+/// DCE/RPC interfaces and named pipes that mean remote execution or discovery.
+const EXEC_INTERFACES: &[(&str, &str)] = &[
+    ("svcctl", "remote_service"),
+    ("atsvc", "scheduled_task"),
+    ("taskscheduler", "scheduled_task"),
+    ("sasec", "scheduled_task"),
+    ("samr", "account_discovery"),
+    ("drsuapi", "directory_replication"),
+    ("winreg", "remote_registry"),
+    ("IRemoteSCMActivator", "dcom"),
+];
+
+/// Evidence gathered for one flow or one episode.
+#[derive(Default, Clone)]
+struct Evidence {
+    shares: BTreeSet<String>,
+    pipes: BTreeSet<String>,
+    files: BTreeSet<String>,
+    interfaces: BTreeSet<String>,
+    operations: BTreeSet<String>,
+    users: BTreeSet<String>,
+    dialects: BTreeSet<&'static str>,
+    encrypted: bool,
+    /// Share of the last tree connect (decides pipe vs file for CREATE).
+    last_share: String,
+}
+
+const MAX_SET: usize = 64;
+
+fn put(set: &mut BTreeSet<String>, v: String) {
+    if set.len() < MAX_SET {
+        set.insert(v);
+    }
+}
+
+impl Evidence {
+    fn add(&mut self, ev: &SmbEvent) {
+        match ev {
+            SmbEvent::Protocol { dialect } => {
+                self.dialects.insert(dialect);
+            }
+            SmbEvent::Encrypted => self.encrypted = true,
+            SmbEvent::SessionSetup { user, domain, .. } => {
+                let u = if domain.is_empty() {
+                    user.clone()
+                } else {
+                    format!("{domain}\\{user}")
+                };
+                put(&mut self.users, u);
+            }
+            SmbEvent::TreeConnect { path } => {
+                let share = SmbEvent::share_name(path).to_string();
+                self.last_share = share.to_ascii_uppercase();
+                put(&mut self.shares, share);
+            }
+            SmbEvent::Create { name } => {
+                // Named pipes live on IPC$; without the tree connect (picked up mid-session),
+                // a bare name without extension or path is taken for a pipe.
+                let bare = !name.contains(['.', '\\', '/']);
+                if self.last_share == "IPC$" || (self.last_share.is_empty() && bare) {
+                    put(&mut self.pipes, name.clone());
+                } else {
+                    put(&mut self.files, name.clone());
+                }
+            }
+            SmbEvent::RpcBind { uuid, interface } => {
+                put(
+                    &mut self.interfaces,
+                    interface.map_or_else(|| uuid.clone(), str::to_string),
+                );
+            }
+            SmbEvent::RpcCall {
+                interface,
+                opnum,
+                operation,
+            } => {
+                let op = match (interface, operation) {
+                    (_, Some(o)) => o.to_string(),
+                    (Some(i), None) => format!("{i}#{opnum}"),
+                    (None, None) => format!("#{opnum}"),
+                };
+                put(&mut self.operations, op);
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &Evidence) {
+        for (a, b) in [
+            (&mut self.shares, &o.shares),
+            (&mut self.pipes, &o.pipes),
+            (&mut self.files, &o.files),
+            (&mut self.interfaces, &o.interfaces),
+            (&mut self.operations, &o.operations),
+            (&mut self.users, &o.users),
+        ] {
+            for v in b {
+                put(a, v.clone());
+            }
+        }
+        self.dialects.extend(o.dialects.iter().copied());
+        self.encrypted |= o.encrypted;
+    }
+
+    /// SMB/DCE-RPC content that marks administration rather than file sharing: an admin share
+    /// (`ADMIN$`, `C$`...), a remote-execution or discovery pipe or interface, or a privileged
+    /// account; also SMB that could not be read (encrypted).
+    fn admin_markers(&self, privileged: bool) -> bool {
+        !self.techniques().is_empty() || privileged || self.encrypted
+    }
+
+    /// Remote execution proper (not discovery).
+    fn remote_exec(&self) -> bool {
+        self.techniques().iter().any(|t| {
+            matches!(
+                *t,
+                "remote_service" | "scheduled_task" | "psexec" | "directory_replication" | "dcom"
+            )
+        })
+    }
+
+    fn techniques(&self) -> BTreeSet<&'static str> {
+        let mut t = BTreeSet::new();
+        for (i, tech) in EXEC_INTERFACES {
+            if self.interfaces.iter().any(|x| x == i) || self.pipes.iter().any(|p| p == i) {
+                t.insert(*tech);
+            }
+        }
+        let psexec = |s: &String| {
+            let l = s.to_ascii_lowercase();
+            l.starts_with("psexesvc") || l.starts_with("remcom") || l.starts_with("paexec")
+        };
+        if self.pipes.iter().any(psexec) || self.files.iter().any(psexec) {
+            t.insert("psexec");
+        }
+        let admin_share = self.shares.iter().any(|s| {
+            let u = s.to_ascii_uppercase();
+            u == "ADMIN$" || (u.len() == 2 && u.ends_with('$'))
+        });
+        if admin_share {
+            t.insert("admin_share");
+        }
+        t
+    }
+}
+
+/// A tracked flow of a fresh or policy-checked pair.
+struct FlowInfo {
+    pair: (IpAddr, IpAddr),
+    evidence: Evidence,
+    merged: bool,
+}
+
+/// One episode of a pair (source, destination).
+struct Pair {
+    first: Timestamp,
+    last: Timestamp,
+    active: Timestamp,
+    open: u32,
+    first_contact: bool,
+    /// No admin session from this source to this destination before this episode.
+    new_admin: bool,
+    policy_denied: bool,
+    services: BTreeSet<String>,
+    ports: BTreeSet<u16>,
+    flows: u32,
+    evidence: Evidence,
+    meta: FlowMeta,
+}
+
+/// The lateral-movement detector.
+pub struct LateralDetector {
+    p: LateralParams,
+    st: Settings,
+    /// Port -> admin service name.
+    admin: HashMap<u16, String>,
+    peers: [HashSet<(IpAddr, IpAddr)>; 2],
+    /// (source, destination) pairs that had an admin session.
+    admin_peers: [HashSet<(IpAddr, IpAddr)>; 2],
+    flows: HashMap<FlowId, FlowInfo>,
+    pairs: HashMap<(IpAddr, IpAddr), Pair>,
+    start: Option<Timestamp>,
+    now: Timestamp,
+    last_sweep: Timestamp,
+    lateral_on: bool,
+    policy_on: bool,
+    /// Tracking entries dropped because a table was full.
+    pub evicted: u64,
+}
+
+const MAX_FLOWS: usize = 100_000;
+const MAX_PAIRS: usize = 50_000;
+
+impl LateralDetector {
+    pub fn new(settings: &Settings, rules: &RuleSet) -> Result<Self, RuleError> {
+        let rule = rules.get(Kind::LateralMovement, "");
+        let p: LateralParams = match rule {
+            Some(r) => r.params()?,
+            None => LateralParams::default(),
+        };
+        let mut admin = HashMap::new();
+        for (name, ports) in &p.admin_services {
+            for port in ports {
+                admin.insert(*port, name.clone());
+            }
+        }
+        if p.idle_secs == 0 || p.max_peers == 0 {
+            let reason = "idle_secs and max_peers must be positive".to_string();
+            return Err(match rule {
+                Some(r) => r.error(reason),
+                None => RuleError {
+                    file: "built-in".into(),
+                    line: 0,
+                    reason,
+                },
+            });
+        }
+        Ok(LateralDetector {
+            p,
+            st: settings.clone(),
+            admin,
+            peers: [HashSet::new(), HashSet::new()],
+            admin_peers: [HashSet::new(), HashSet::new()],
+            flows: HashMap::new(),
+            pairs: HashMap::new(),
+            start: None,
+            now: Timestamp::ZERO,
+            last_sweep: Timestamp::ZERO,
+            lateral_on: rules.enabled(Kind::LateralMovement, "").is_some(),
+            policy_on: rules.enabled(Kind::PolicyViolation, "").is_some(),
+            evicted: 0,
+        })
+    }
+
+    /// One event from a worker; `scan` is asked about earlier scans by the same source.
+    pub fn on_event(&mut self, ev: &Emitted, scan: &ScanDetector, out: &mut Vec<Finding>) {
+        if !self.lateral_on && !self.policy_on {
+            return;
+        }
+        match ev {
+            Emitted::Started(m) => {
+                self.tick(m.first, scan, out);
+                self.on_start(m, out);
+            }
+            Emitted::App { ts, .. } => self.tick(*ts, scan, out),
+            Emitted::Activity { .. } => {}
+            Emitted::Flow(r) => {
+                self.tick(r.last, scan, out);
+                self.on_end(r);
+            }
+            Emitted::Packet(p) => self.tick(p.ts, scan, out),
+        }
+    }
+
+    /// SMB / DCE-RPC evidence of a flow (from the flow's SMB parser).
+    pub fn on_smb(&mut self, meta: &FlowMeta, ts: Timestamp, ev: &SmbEvent) {
+        if ts > self.now {
+            self.now = ts;
+        }
+        if let Some(f) = self.flows.get_mut(&meta.id) {
+            f.evidence.add(ev);
+            if let Some(p) = self.pairs.get_mut(&f.pair) {
+                p.active = self.now;
+            }
+        }
+    }
+
+    /// End of input: report open episodes.
+    pub fn finish(&mut self, scan: &ScanDetector, out: &mut Vec<Finding>) {
+        let ids: Vec<FlowId> = self.flows.keys().copied().collect();
+        for id in ids {
+            if let Some(f) = self.flows.remove(&id) {
+                if let Some(p) = self.pairs.get_mut(&f.pair) {
+                    p.evidence.merge(&f.evidence);
+                    p.open = p.open.saturating_sub(1);
+                }
+            }
+        }
+        let mut keys: Vec<_> = self.pairs.iter().map(|(k, p)| (p.first, *k)).collect();
+        keys.sort();
+        for (_, k) in keys {
+            if let Some(p) = self.pairs.remove(&k) {
+                out.extend(self.finding(k, &p, scan));
+            }
+        }
+    }
+
+    fn tick(&mut self, ts: Timestamp, scan: &ScanDetector, out: &mut Vec<Finding>) {
+        if self.start.is_none() {
+            self.start = Some(ts);
+        }
+        if ts > self.now {
+            self.now = ts;
+        }
+        if self.now.since(self.last_sweep) < 1_000_000_000 {
+            return;
+        }
+        self.last_sweep = self.now;
+        let idle = self.p.idle_secs;
+        let now = self.now;
+        let mut done: Vec<_> = self
+            .pairs
+            .iter()
+            .filter(|(_, p)| p.open == 0 && now.secs_since(p.active) >= idle)
+            .map(|(k, p)| (p.first, *k))
+            .collect();
+        done.sort();
+        for (_, k) in done {
+            if let Some(p) = self.pairs.remove(&k) {
+                out.extend(self.finding(k, &p, scan));
+            }
+        }
+    }
+
+    fn talked(&self, a: IpAddr, b: IpAddr) -> bool {
+        let k = if a <= b { (a, b) } else { (b, a) };
+        self.peers.iter().any(|g| g.contains(&k))
+    }
+
+    fn learn(&mut self, a: IpAddr, b: IpAddr) {
+        let k = if a <= b { (a, b) } else { (b, a) };
+        if self.peers[0].contains(&k) {
+            return;
+        }
+        if self.peers[0].len() >= self.p.max_peers {
+            let old = std::mem::take(&mut self.peers[0]);
+            self.evicted += self.peers[1].len() as u64;
+            self.peers[1] = old;
+        }
+        self.peers[0].insert(k);
+    }
+
+    /// Marks a pair as known (seen in a model's training): its sessions are not first contacts.
+    pub fn seed_known(&mut self, s: IpAddr, d: IpAddr) {
+        self.learn_admin(s, d);
+        self.learn(s, d);
+    }
+
+    fn had_admin(&self, s: IpAddr, d: IpAddr) -> bool {
+        self.admin_peers.iter().any(|g| g.contains(&(s, d)))
+    }
+
+    fn learn_admin(&mut self, s: IpAddr, d: IpAddr) {
+        if self.admin_peers[0].contains(&(s, d)) {
+            return;
+        }
+        if self.admin_peers[0].len() >= self.p.max_peers {
+            let old = std::mem::take(&mut self.admin_peers[0]);
+            self.evicted += self.admin_peers[1].len() as u64;
+            self.admin_peers[1] = old;
+        }
+        self.admin_peers[0].insert((s, d));
+    }
+
+    fn privileged(&self, e: &Evidence) -> bool {
+        e.users.iter().any(|u| {
+            let name = u.rsplit('\\').next().unwrap_or(u);
+            self.p
+                .privileged_users
+                .iter()
+                .any(|x| x.eq_ignore_ascii_case(name))
+        })
+    }
+
+    fn service(&self, m: &FlowMeta) -> Option<String> {
+        if m.proto != 6 {
+            return None;
+        }
+        self.admin.get(&m.responder.port).cloned()
+    }
+
+    fn on_start(&mut self, m: &FlowMeta, out: &mut Vec<Finding>) {
+        let (s, d) = (m.initiator.ip, m.responder.ip);
+        if s == d {
+            return;
+        }
+        let talked = self.talked(s, d);
+        self.learn(s, d);
+        // A flow picked up mid-connection with the server side first: not an opening.
+        let (ip, rp) = (m.initiator.port, m.responder.port);
+        if matches!(m.proto, 6 | 17) && ip < 1024 && rp >= 1024 {
+            return;
+        }
+        let service = self.service(m);
+        let zf = self.st.zone_of(s).map(str::to_string);
+        let zt = self.st.zone_of(d).map(str::to_string);
+        let covered =
+            !self.st.segmentation.is_empty() && matches!((&zf, &zt), (Some(a), Some(b)) if a != b);
+        let mut denied = false;
+        if covered {
+            let (a, b) = (zf.as_deref().unwrap_or(""), zt.as_deref().unwrap_or(""));
+            if self.st.segmentation_allows(a, b, m.proto, rp) {
+                return; // the policy decides, and allows
+            }
+            if service.is_none() {
+                if self.policy_on {
+                    out.push(self.policy_finding(m, a, b));
+                }
+                return;
+            }
+            denied = true;
+        }
+        if !self.lateral_on {
+            return;
+        }
+        let internal = self.st.is_home(s) && self.st.is_home(d);
+        let open_pair = self.pairs.contains_key(&(s, d));
+        // Admin ports, the rest of an open episode, and first contacts (DCE/RPC on a dynamic
+        // port is recognised by content).
+        let track =
+            denied || (internal && m.proto == 6 && (service.is_some() || open_pair || !talked));
+        if !track {
+            return;
+        }
+        if self.flows.len() >= MAX_FLOWS {
+            self.evicted += self.flows.len() as u64;
+            self.flows.clear();
+            for p in self.pairs.values_mut() {
+                p.open = 0;
+            }
+        }
+        if !open_pair && self.pairs.len() >= MAX_PAIRS {
+            self.evicted += 1;
+            return;
+        }
+        let learning = self
+            .start
+            .is_some_and(|t0| m.first.secs_since(t0) < self.p.learning_secs);
+        let new_admin = !learning && !self.had_admin(s, d);
+        let now = self.now;
+        let p = self.pairs.entry((s, d)).or_insert_with(|| Pair {
+            first: m.first,
+            last: m.first,
+            active: now,
+            open: 0,
+            first_contact: !talked,
+            new_admin,
+            policy_denied: false,
+            services: BTreeSet::new(),
+            ports: BTreeSet::new(),
+            flows: 0,
+            evidence: Evidence::default(),
+            meta: *m,
+        });
+        p.open += 1;
+        p.active = now;
+        p.policy_denied |= denied;
+        self.flows.insert(
+            m.id,
+            FlowInfo {
+                pair: (s, d),
+                evidence: Evidence::default(),
+                merged: false,
+            },
+        );
+    }
+
+    fn on_end(&mut self, r: &FlowRecord) {
+        let m = &r.meta;
+        let last_slice = r.end != crate::flow::FlowEnd::ActiveTimeout;
+        let Some(f) = self.flows.get_mut(&m.id) else {
+            return;
+        };
+        let ev = std::mem::take(&mut f.evidence);
+        let was_merged = f.merged;
+        f.merged = true;
+        f.evidence.last_share = ev.last_share.clone();
+        let pair = f.pair;
+        if last_slice {
+            self.flows.remove(&m.id);
+        }
+        let service = self.service(m).or_else(|| {
+            (!ev.interfaces.is_empty() || ev.dialects.contains("dcerpc")).then(|| "dcerpc".into())
+        });
+        let now = self.now;
+        if let Some(p) = self.pairs.get_mut(&pair) {
+            if last_slice {
+                p.open = p.open.saturating_sub(1);
+            }
+            p.active = now;
+        }
+        let Some(service) = service else {
+            return;
+        };
+        let established = r.synack_seen || (r.fwd.payload_bytes > 0 && r.rev.payload_bytes > 0);
+        let opened = r.fwd.syns > 0;
+        let smb = service == "smb" || service == "dcerpc";
+        let privileged = self.privileged(&ev);
+        let Some(p) = self.pairs.get_mut(&pair) else {
+            return;
+        };
+        let qualifies = if p.policy_denied {
+            true
+        } else if !established {
+            false
+        } else if smb {
+            // File sharing is not administration: SMB needs admin markers, or SMB that could
+            // not be read at all on a session whose start was seen.
+            ev.admin_markers(privileged) || (opened && ev.dialects.is_empty())
+        } else {
+            true
+        };
+        if !qualifies {
+            return;
+        }
+        if self.admin.contains_key(&m.responder.port) || service == "dcerpc" {
+            self.learn_admin(pair.0, pair.1);
+        }
+        let Some(p) = self.pairs.get_mut(&pair) else {
+            return;
+        };
+        if !was_merged {
+            p.flows += 1;
+        }
+        p.services.insert(service);
+        p.ports.insert(m.responder.port);
+        p.last = p.last.max(r.last);
+        p.evidence.merge(&ev);
+    }
+
+    fn policy_finding(&self, m: &FlowMeta, zf: &str, zt: &str) -> Finding {
+        let mut f = Finding::for_flow(m.first, Kind::PolicyViolation, m, None)
+            .with("zone_from", zf)
+            .with("zone_to", zt)
+            .with("service", service_label(m.proto, m.responder.port))
+            .with(
+                "allowed",
+                self.st
+                    .segmentation_allowed(zf, zt)
+                    .into_iter()
+                    .collect::<Vec<_>>(),
+            )
+            .with("policy", "segmentation");
+        f.identifier = format!("{}|{zf}|{zt}", m.initiator.ip);
+        f
+    }
+
+    fn finding(&self, (s, d): (IpAddr, IpAddr), p: &Pair, scan: &ScanDetector) -> Option<Finding> {
+        let e = &p.evidence;
+        if p.flows == 0 || !(p.new_admin || p.policy_denied || e.remote_exec()) {
+            return None;
+        }
+        let main = p
+            .services
+            .iter()
+            .find(|x| *x != "dcerpc")
+            .or(p.services.iter().next())
+            .cloned()
+            .unwrap_or_default();
+        let priv_user = self.privileged(e);
+        let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+        let mut f = Finding {
+            ts: p.last,
+            kind: Kind::LateralMovement,
+            variant: "",
+            src: Some(Endpoint { ip: s, port: 0 }),
+            dst: Some(Endpoint {
+                ip: d,
+                port: p
+                    .ports
+                    .iter()
+                    .find(|x| self.admin.get(x) == Some(&main))
+                    .or(p.ports.iter().next())
+                    .copied()
+                    .unwrap_or(0),
+            }),
+            proto: 6,
+            flow_id: None,
+            vlan: p.meta.vlan,
+            app_proto: None,
+            identifier: format!("{s}|{d}|lateral"),
+            evidence: Default::default(),
+        }
+        .with("service", main.clone())
+        .with("services", list(&p.services))
+        .with("ports", p.ports.iter().copied().collect::<Vec<_>>())
+        .with("flows", p.flows)
+        .with("first", p.first.rfc3339().to_string())
+        .with("last", p.last.rfc3339().to_string())
+        .with("first_contact", p.first_contact)
+        .with("new_admin_peer", p.new_admin)
+        .with("policy_denied", p.policy_denied)
+        .with("zone_from", self.st.zone_of(s))
+        .with("zone_to", self.st.zone_of(d))
+        .with("smb_shares", list(&e.shares))
+        .with("named_pipes", list(&e.pipes))
+        .with("smb_files", list(&e.files))
+        .with("rpc_interfaces", list(&e.interfaces))
+        .with("rpc_operations", list(&e.operations))
+        .with("users", list(&e.users))
+        .with("privileged_user", priv_user)
+        .with("techniques", e.techniques().into_iter().collect::<Vec<_>>());
+        if e.encrypted {
+            f = f.with("smb_encrypted", true);
+        }
+        if let Some(r) = scan.recent_scan(s, p.first) {
+            if p.first.secs_since(r.first) <= self.p.after_scan_secs {
+                f = f.with("after_scan", r.evidence());
+            }
+        }
+        Some(f)
+    }
+}
+
+fn service_label(proto: u8, port: u16) -> String {
+    match proto {
+        6 => format!("tcp/{port}"),
+        17 => format!("udp/{port}"),
+        1 | 58 => "icmp".into(),
+        p => format!("ip/{p}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::Vlans;
+    use crate::flow::{DirStats, FlowEnd, FlowKey, TcpState};
+
+    fn meta(s: &str, sp: u16, d: &str, dp: u16, t: u64) -> FlowMeta {
+        let a = Endpoint {
+            ip: s.parse().unwrap(),
+            port: sp,
+        };
+        let b = Endpoint {
+            ip: d.parse().unwrap(),
+            port: dp,
+        };
+        let (key, _) = FlowKey::new(a, b, 6, Vlans::default(), None);
+        FlowMeta {
+            id: key.flow_id(t),
+            key,
+            initiator: a,
+            responder: b,
+            proto: 6,
+            vlan: Vlans::default(),
+            vni: None,
+            first: Timestamp::from_secs(t),
+            initiator_mac: None,
+            responder_mac: None,
+        }
+    }
+
+    fn record(m: FlowMeta, secs: u64) -> FlowRecord {
+        let dir = DirStats {
+            packets: 5,
+            bytes: 500,
+            payload_bytes: 200,
+            tcp_flags: 0x1a,
+            syns: 1,
+            rsts: 0,
+        };
+        FlowRecord {
+            meta: m,
+            start: m.first,
+            last: m.first.plus_secs(secs),
+            fwd: dir,
+            rev: DirStats { syns: 1, ..dir },
+            tcp: TcpState::Closed,
+            end: FlowEnd::Fin,
+            app: "unknown",
+            gaps: [0; 2],
+            synack_seen: true,
+        }
+    }
+
+    fn run(st: &Settings, flows: &[FlowMeta]) -> Vec<Finding> {
+        let rules = RuleSet::embedded().unwrap();
+        let scan = ScanDetector::new(st, &rules).unwrap();
+        let mut d = LateralDetector::new(st, &rules).unwrap();
+        let mut out = Vec::new();
+        for m in flows {
+            d.on_event(&Emitted::Started(*m), &scan, &mut out);
+            d.on_event(&Emitted::Flow(record(*m, 2)), &scan, &mut out);
+        }
+        d.finish(&scan, &mut out);
+        out
+    }
+
+    #[test]
+    fn first_admin_session_between_internal_hosts() {
+        let st = Settings::default();
+        let out = run(
+            &st,
+            &[
+                // Routine web traffic to .9, then the first SSH session to it: a new admin peer.
+                meta("10.0.0.5", 40000, "10.0.0.9", 80, 100),
+                meta("10.0.0.5", 40001, "10.0.0.9", 22, 110),
+                // An SSH session to a host never talked to.
+                meta("10.0.0.5", 40002, "10.0.0.7", 22, 120),
+                // Outbound SSH to the Internet is not east-west.
+                meta("10.0.0.5", 40003, "192.0.2.1", 22, 130),
+                // A later SSH session to .7 (after the episode closed): a known admin peer.
+                meta("10.0.0.5", 40004, "10.0.0.7", 22, 1000),
+                meta("10.0.0.5", 40005, "10.0.0.8", 1000, 2000),
+            ],
+        );
+        let got: Vec<_> = out
+            .iter()
+            .map(|f| {
+                (
+                    f.kind,
+                    f.dst.unwrap().ip.to_string(),
+                    f.evidence["flows"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Kind::LateralMovement, "10.0.0.9".to_string(), 1.into()),
+                (Kind::LateralMovement, "10.0.0.7".to_string(), 1.into()),
+            ],
+            "{out:?}"
+        );
+        assert_eq!(out[1].evidence["service"], "ssh");
+        assert_eq!(out[1].evidence["first_contact"], true);
+        assert_eq!(out[1].evidence["new_admin_peer"], true);
+    }
+
+    #[test]
+    fn segmentation_policy() {
+        let st = Settings::from_toml(
+            "t.toml",
+            r#"
+[zones]
+iot = ["10.1.0.0/16"]
+office = ["10.2.0.0/16"]
+servers = ["10.3.0.0/16"]
+[[segmentation]]
+from = "office"
+to = "servers"
+allow = ["https", "tcp/8000-8100", "rdp"]
+[[segmentation]]
+from = "iot"
+to = "servers"
+allow = ["mqtt"]
+"#,
+        )
+        .unwrap();
+        assert!(st.segmentation_allows("office", "servers", 6, 443));
+        assert!(st.segmentation_allows("office", "servers", 6, 8050));
+        assert!(!st.segmentation_allows("office", "servers", 17, 8050));
+        assert!(!st.segmentation_allows("iot", "office", 6, 443));
+        assert!(st.segmentation_allows("iot", "iot", 6, 22), "same zone");
+        let out = run(
+            &st,
+            &[
+                meta("10.2.0.5", 40000, "10.3.0.9", 443, 100), // allowed
+                meta("10.2.0.5", 40001, "10.3.0.9", 3389, 101), // allowed admin
+                meta("10.1.0.5", 40002, "10.3.0.9", 1883, 102), // allowed
+                meta("10.1.0.5", 40003, "10.3.0.9", 8080, 103), // not allowed, not admin
+                meta("10.1.0.5", 40004, "10.2.0.7", 22, 104),  // not allowed, admin
+            ],
+        );
+        let kinds: Vec<_> = out.iter().map(|f| (f.kind, f.dst.unwrap().port)).collect();
+        assert_eq!(
+            kinds,
+            vec![(Kind::PolicyViolation, 8080), (Kind::LateralMovement, 22)],
+            "{out:?}"
+        );
+        assert_eq!(out[0].evidence["zone_from"], "iot");
+        assert_eq!(out[0].evidence["zone_to"], "servers");
+        assert_eq!(out[1].evidence["policy_denied"], true);
+        let e = Settings::from_toml(
+            "t.toml",
+            "[zones]\na = [\"10.0.0.0/8\"]\n[[segmentation]]\nfrom = \"a\"\nto = \"b\"\nallow = [\"ssh\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 5, "{e}");
+        let e = Settings::from_toml(
+            "t.toml",
+            "[zones]\na = [\"10.0.0.0/8\"]\n[[segmentation]]\nfrom = \"a\"\nto = \"*\"\nallow = [\n\"tcp/22\",\n\"tcp/99999\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, 8, "{e}");
+    }
+
+    #[test]
+    fn login_after_scan_refers_to_the_scan() {
+        let st = Settings::default();
+        let rules = RuleSet::embedded().unwrap();
+        let mut scan = ScanDetector::new(&st, &rules).unwrap();
+        let mut d = LateralDetector::new(&st, &rules).unwrap();
+        let mut out = Vec::new();
+        // 10.0.0.5 probes 10 ports of 10.0.0.7; only 22 answers.
+        for port in 20..30u16 {
+            let m = meta("10.0.0.5", 50000 + port, "10.0.0.7", port, 100);
+            let mut r = record(m, 0);
+            r.synack_seen = port == 22;
+            r.fwd.tcp_flags = 0x02;
+            r.rev.tcp_flags = if port == 22 { 0x12 } else { 0x14 };
+            scan.on_event(&Emitted::Flow(r), &mut out);
+        }
+        let m = meta("10.0.0.5", 40000, "10.0.0.7", 22, 130);
+        for ev in [Emitted::Started(m), Emitted::Flow(record(m, 20))] {
+            scan.on_event(&ev, &mut out);
+            d.on_event(&ev, &scan, &mut out);
+        }
+        scan.finish(&mut out);
+        d.finish(&scan, &mut out);
+        let kinds: Vec<Kind> = out.iter().map(|f| f.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![Kind::PortScan, Kind::LateralMovement],
+            "{out:?}"
+        );
+        let after = &out[1].evidence["after_scan"];
+        assert_eq!(after["kind"], "port_scan");
+        assert_eq!(after["ports"], 10);
+        assert_eq!(after["identifier"], out[0].identifier.as_str());
+    }
+}

@@ -1,0 +1,1074 @@
+//! Scan detection: port scans (one source, many ports of one host) and host scans (one source,
+//! one or a few ports across many hosts) over TCP, UDP, ICMP and ARP, odd-flag probes (NULL,
+//! FIN, XMAS) and Mirai-style telnet scanning.
+//!
+//! The decision is a sequential hypothesis test on connection outcomes, threshold random walk
+//! (Jung, Paxson, Berger, Balakrishnan, "Fast portscan detection using sequential hypothesis
+//! testing", IEEE S&P 2004): each *first contact* of a source (a destination host and port it had
+//! not tried in the current window) either succeeds (SYN-ACK, a UDP answer, an echo reply, an
+//! ARP reply) or fails (no answer, a reset, an ICMP error). The log-likelihood ratio of
+//! "scanner" against "benign" moves by `ln(θ1/θ0)` on a success and `ln((1-θ1)/(1-θ0))` on a
+//! failure; crossing `ln(PD/PF)` declares a scanner, crossing `ln((1-PD)/(1-PF))` restarts the
+//! test. With the defaults (θ0 = 0.8, θ1 = 0.2, PD = 0.99, PF = 0.01) four failed first contacts
+//! in a row are enough. Two shortcuts declare a scanner without the walk: odd-flag TCP probes
+//! (no legitimate stack sends them) and ICMP echo sweeps (which succeed as often as the subnet
+//! is populated).
+//!
+//! A declared source is reported once per scan *episode*, when it has been quiet for
+//! `idle_secs` (or at the end of input), with the number of targets, ports, attempts, failures
+//! and first/last time; an episode that goes on longer than `max_episode_secs` is reported then
+//! and again at each such interval with the same identifier, so the alert stage summarises the
+//! repeats instead of writing them. A declared episode becomes a port scan or a host scan only
+//! when it is big enough (`min_ports` on one host, or `min_targets` hosts).
+//!
+//! Bounds: at most `max_sources` sources, each remembering at most `max_contacts_per_source`
+//! first contacts; pending ARP/ICMP probes are capped too. Evictions are counted.
+
+use super::rules::{RuleError, RuleSet};
+use super::{Finding, Kind};
+use crate::app::Emitted;
+use crate::decode::{Net, PacketSummary, TcpFlags, Transport};
+use crate::flow::{Endpoint, FlowRecord};
+use crate::settings::Settings;
+use crate::time::Timestamp;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct ScanParams {
+    /// P(first contact succeeds | benign source).
+    #[serde(default = "d_theta0")]
+    theta0: f64,
+    /// P(first contact succeeds | scanner).
+    #[serde(default = "d_theta1")]
+    theta1: f64,
+    /// Target detection probability (upper threshold `PD/PF`).
+    #[serde(default = "d_pd")]
+    p_detect: f64,
+    /// Target false-positive probability.
+    #[serde(default = "d_pf")]
+    p_false: f64,
+    /// Distinct hosts that make a host scan (TCP/UDP probes).
+    #[serde(default = "d_min_targets")]
+    min_targets: u32,
+    /// Distinct ports on one host that make a port scan.
+    #[serde(default = "d_min_ports")]
+    min_ports: u32,
+    /// Distinct hosts asked for by ARP that make an ARP sweep.
+    #[serde(default = "d_arp_targets")]
+    arp_min_targets: u32,
+    /// Distinct hosts pinged (ICMP echo, timestamp, address mask) that make an ICMP sweep,
+    /// whatever the answers.
+    #[serde(default = "d_icmp_targets")]
+    icmp_min_targets: u32,
+    /// Odd-flag TCP probes (NULL, FIN, XMAS...) that declare a scanner.
+    #[serde(default = "d_odd")]
+    odd_flag_probes: u32,
+    /// An ARP request or ICMP echo without an answer after this long has failed (seconds).
+    #[serde(default = "d_probe_timeout")]
+    probe_timeout_secs: u64,
+    /// A source's window (and scan episode) ends after this long without a new probe.
+    #[serde(default = "d_idle")]
+    idle_secs: u64,
+    /// A longer episode is reported at this interval (same identifier).
+    #[serde(default = "d_max_episode")]
+    max_episode_secs: u64,
+    /// Ports of Mirai-style telnet scanning.
+    #[serde(default = "d_mirai_ports")]
+    mirai_ports: Vec<u16>,
+    /// Hosts probed on those ports that make it Mirai-like ...
+    #[serde(default = "d_mirai_targets")]
+    mirai_min_targets: u32,
+    /// ... when they are at least this share of the hosts probed over TCP/UDP.
+    #[serde(default = "d_mirai_share")]
+    mirai_min_share: f64,
+    /// Sources tracked at once.
+    #[serde(default = "d_max_sources")]
+    max_sources: usize,
+    /// First contacts remembered per source (beyond: counted, not remembered).
+    #[serde(default = "d_max_contacts")]
+    max_contacts_per_source: usize,
+}
+fn d_theta0() -> f64 {
+    0.8
+}
+fn d_theta1() -> f64 {
+    0.2
+}
+fn d_pd() -> f64 {
+    0.99
+}
+fn d_pf() -> f64 {
+    0.01
+}
+fn d_min_targets() -> u32 {
+    5
+}
+fn d_min_ports() -> u32 {
+    5
+}
+fn d_arp_targets() -> u32 {
+    24
+}
+fn d_icmp_targets() -> u32 {
+    10
+}
+fn d_odd() -> u32 {
+    2
+}
+fn d_probe_timeout() -> u64 {
+    5
+}
+fn d_idle() -> u64 {
+    60
+}
+fn d_max_episode() -> u64 {
+    600
+}
+fn d_mirai_ports() -> Vec<u16> {
+    vec![23, 2323]
+}
+fn d_mirai_targets() -> u32 {
+    10
+}
+fn d_mirai_share() -> f64 {
+    0.5
+}
+fn d_max_sources() -> usize {
+    65_536
+}
+fn d_max_contacts() -> usize {
+    16_384
+}
+
+impl Default for ScanParams {
+    fn default() -> Self {
+        ScanParams {
+            theta0: d_theta0(),
+            theta1: d_theta1(),
+            p_detect: d_pd(),
+            p_false: d_pf(),
+            min_targets: d_min_targets(),
+            min_ports: d_min_ports(),
+            arp_min_targets: d_arp_targets(),
+            icmp_min_targets: d_icmp_targets(),
+            odd_flag_probes: d_odd(),
+            probe_timeout_secs: d_probe_timeout(),
+            idle_secs: d_idle(),
+            max_episode_secs: d_max_episode(),
+            mirai_ports: d_mirai_ports(),
+            mirai_min_targets: d_mirai_targets(),
+            mirai_min_share: d_mirai_share(),
+            max_sources: d_max_sources(),
+            max_contacts_per_source: d_max_contacts(),
+        }
+    }
+}
+
+/// Threshold random walk (Jung et al., 2004): the sequential test of one source.
+#[derive(Clone, Copy, Debug)]
+pub struct Trw {
+    step_success: f64,
+    step_failure: f64,
+    upper: f64,
+    lower: f64,
+}
+
+/// What the walk says after one more outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrwDecision {
+    Pending,
+    Scanner,
+    /// Benign: the caller restarts the walk (a benign host may start scanning later).
+    Benign,
+}
+
+impl Trw {
+    /// `theta0`/`theta1`: success probability of a first contact for a benign source and for a
+    /// scanner; `pd`/`pf`: wanted detection and false-positive probabilities.
+    pub fn new(theta0: f64, theta1: f64, pd: f64, pf: f64) -> Result<Trw, String> {
+        let unit = |x: f64| x > 0.0 && x < 1.0;
+        if !(unit(theta0) && unit(theta1) && theta1 < theta0) {
+            return Err(format!(
+                "need 0 < theta1 ({theta1}) < theta0 ({theta0}) < 1"
+            ));
+        }
+        if !(unit(pd) && unit(pf) && pf < pd) {
+            return Err(format!("need 0 < p_false ({pf}) < p_detect ({pd}) < 1"));
+        }
+        Ok(Trw {
+            step_success: (theta1 / theta0).ln(),
+            step_failure: ((1.0 - theta1) / (1.0 - theta0)).ln(),
+            upper: (pd / pf).ln(),
+            lower: ((1.0 - pd) / (1.0 - pf)).ln(),
+        })
+    }
+
+    /// Moves the log-likelihood ratio `llr` by one outcome.
+    pub fn step(&self, llr: &mut f64, success: bool) -> TrwDecision {
+        *llr += if success {
+            self.step_success
+        } else {
+            self.step_failure
+        };
+        if *llr >= self.upper {
+            TrwDecision::Scanner
+        } else if *llr <= self.lower {
+            TrwDecision::Benign
+        } else {
+            TrwDecision::Pending
+        }
+    }
+
+    /// Failed first contacts in a row that declare a scanner from a fresh start.
+    pub fn failures_to_detect(&self) -> u32 {
+        (self.upper / self.step_failure).ceil().max(1.0) as u32
+    }
+}
+
+/// How a source probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeType {
+    Syn,
+    Connect,
+    Udp,
+    Icmp,
+    Arp,
+    Null,
+    Fin,
+    Xmas,
+    /// SYN with FIN/PSH/URG (nmap OS-detection T3).
+    SynFin,
+    /// Other flag combinations without ACK/SYN/RST.
+    OddFlags,
+    /// A lone ACK answered by a reset (ACK scan, nmap T4/T6).
+    Ack,
+}
+
+impl ProbeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeType::Syn => "syn",
+            ProbeType::Connect => "connect",
+            ProbeType::Udp => "udp",
+            ProbeType::Icmp => "icmp",
+            ProbeType::Arp => "arp",
+            ProbeType::Null => "null",
+            ProbeType::Fin => "fin",
+            ProbeType::Xmas => "xmas",
+            ProbeType::SynFin => "syn_fin",
+            ProbeType::OddFlags => "odd_flags",
+            ProbeType::Ack => "ack",
+        }
+    }
+    /// Probes that no ordinary TCP stack sends.
+    fn odd(self) -> bool {
+        matches!(
+            self,
+            ProbeType::Null
+                | ProbeType::Fin
+                | ProbeType::Xmas
+                | ProbeType::SynFin
+                | ProbeType::OddFlags
+        )
+    }
+    /// Probes of nmap's OS detection (T2 NULL, T3 SYN+FIN+PSH+URG, T4/T6 ACK, T7 FIN+PSH+URG).
+    fn os_probe_bit(self) -> u8 {
+        match self {
+            ProbeType::Null => 1,
+            ProbeType::SynFin => 2,
+            ProbeType::Ack => 4,
+            ProbeType::Xmas => 8,
+            _ => 0,
+        }
+    }
+    fn class(self) -> Class {
+        match self {
+            ProbeType::Udp => Class::Udp,
+            ProbeType::Icmp => Class::Icmp,
+            ProbeType::Arp => Class::Arp,
+            _ => Class::Tcp,
+        }
+    }
+}
+
+/// The contact space a probe belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Class {
+    Tcp,
+    Udp,
+    Icmp,
+    Arp,
+}
+
+/// What the lateral-movement detector needs to know of an earlier scan.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScanRef {
+    pub kind: Kind,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub targets: u64,
+    pub ports: u64,
+    pub identifier: String,
+}
+
+impl ScanRef {
+    /// The `after_scan` evidence object.
+    pub fn evidence(&self) -> Value {
+        json!({
+            "kind": self.kind.as_str(),
+            "first": self.first.rfc3339().to_string(),
+            "last": self.last.rfc3339().to_string(),
+            "targets": self.targets,
+            "ports": self.ports,
+            "identifier": self.identifier,
+        })
+    }
+}
+
+#[derive(Default)]
+struct Target {
+    /// Distinct TCP/UDP ports probed on this host.
+    ports: u32,
+    classes: u8,
+    mirai: bool,
+    os_bits: u8,
+}
+
+/// Per-source state: the walk and the current window (an episode once declared).
+struct Source {
+    llr: f64,
+    declared: Option<&'static str>,
+    contacts: HashSet<(IpAddr, u16, Class)>,
+    /// First contacts not remembered (per-source cap).
+    untracked: u64,
+    targets: HashMap<IpAddr, Target>,
+    /// Port -> hosts probed on it.
+    ports: HashMap<u16, u32>,
+    first: Timestamp,
+    last: Timestamp,
+    /// Detector clock at the last new probe or outcome.
+    active: Timestamp,
+    attempts: u64,
+    failed: u64,
+    odd: u32,
+    types: BTreeMap<ProbeType, u64>,
+    targets_by_class: [u32; 4],
+    mirai_targets: u32,
+    /// Times this episode was reported (0 = not yet).
+    reports: u32,
+    /// When it was last reported (detector clock).
+    reported_at: Timestamp,
+}
+
+impl Source {
+    fn new(ts: Timestamp, now: Timestamp) -> Source {
+        Source {
+            llr: 0.0,
+            declared: None,
+            contacts: HashSet::new(),
+            untracked: 0,
+            targets: HashMap::new(),
+            ports: HashMap::new(),
+            first: ts,
+            last: ts,
+            active: now,
+            attempts: 0,
+            failed: 0,
+            odd: 0,
+            types: BTreeMap::new(),
+            targets_by_class: [0; 4],
+            mirai_targets: 0,
+            reports: 0,
+            reported_at: now,
+        }
+    }
+}
+
+/// The scan detector.
+pub struct ScanDetector {
+    p: ScanParams,
+    trw: Trw,
+    home: Settings,
+    sources: HashMap<IpAddr, Source>,
+    /// ARP requests and ICMP echoes waiting for an answer: (prober, target, class) -> sent.
+    pending: HashMap<(IpAddr, IpAddr, Class), Timestamp>,
+    /// Latest scan of each source (for the lateral-movement detector).
+    recent: HashMap<IpAddr, ScanRef>,
+    now: Timestamp,
+    last_sweep: Timestamp,
+    enabled: bool,
+    /// Tracking entries dropped because a table was full.
+    pub evicted: u64,
+}
+
+const MAX_PENDING: usize = 262_144;
+const MAX_RECENT: usize = 65_536;
+
+impl ScanDetector {
+    pub fn new(settings: &Settings, rules: &RuleSet) -> Result<Self, RuleError> {
+        let rule = rules.get(Kind::PortScan, "");
+        let p: ScanParams = match rule {
+            Some(r) => r.params()?,
+            None => ScanParams::default(),
+        };
+        let err = |reason: String| match rule {
+            Some(r) => r.error(reason),
+            None => RuleError {
+                file: "built-in".into(),
+                line: 0,
+                reason,
+            },
+        };
+        let trw = Trw::new(p.theta0, p.theta1, p.p_detect, p.p_false).map_err(err)?;
+        if p.idle_secs == 0 || p.max_episode_secs == 0 {
+            return Err(err("idle_secs and max_episode_secs must be positive".into()));
+        }
+        if !(0.0..=1.0).contains(&p.mirai_min_share) {
+            return Err(err("mirai_min_share must be within 0..1".into()));
+        }
+        let enabled = rules.enabled(Kind::PortScan, "").is_some()
+            || rules.enabled(Kind::HostScan, "").is_some();
+        Ok(ScanDetector {
+            p,
+            trw,
+            home: settings.clone(),
+            sources: HashMap::new(),
+            pending: HashMap::new(),
+            recent: HashMap::new(),
+            now: Timestamp::ZERO,
+            last_sweep: Timestamp::ZERO,
+            enabled,
+            evicted: 0,
+        })
+    }
+
+    /// One event from a worker.
+    pub fn on_event(&mut self, ev: &Emitted, out: &mut Vec<Finding>) {
+        if !self.enabled {
+            return;
+        }
+        match ev {
+            Emitted::Started(m) => self.tick(m.first, out),
+            Emitted::App { ts, .. } => self.tick(*ts, out),
+            Emitted::Activity { .. } => {}
+            Emitted::Flow(r) => {
+                self.tick(r.last, out);
+                self.on_flow(r, out);
+            }
+            Emitted::Packet(p) => {
+                self.tick(p.ts, out);
+                self.on_packet(p, out);
+            }
+        }
+    }
+
+    /// End of input: unanswered probes fail, open episodes are reported.
+    pub fn finish(&mut self, out: &mut Vec<Finding>) {
+        let mut pend: Vec<_> = self.pending.drain().collect();
+        pend.sort_by_key(|(k, t)| (*t, *k));
+        for ((src, _, _), _) in pend {
+            self.outcome(src, false);
+        }
+        let mut keys: Vec<IpAddr> = self.sources.keys().copied().collect();
+        keys.sort();
+        for k in keys {
+            if let Some(s) = self.sources.remove(&k) {
+                self.report(k, &s, false, out);
+            }
+        }
+    }
+
+    /// The latest scan episode of `src` that had begun by `now` (reported or still open, once it
+    /// is big enough to be reported).
+    pub fn recent_scan(&self, src: IpAddr, now: Timestamp) -> Option<ScanRef> {
+        self.recent.get(&src).filter(|r| r.first <= now).cloned()
+    }
+
+    /// Sources currently tracked.
+    pub fn tracked(&self) -> usize {
+        self.sources.len()
+    }
+
+    fn tick(&mut self, ts: Timestamp, out: &mut Vec<Finding>) {
+        if ts > self.now {
+            self.now = ts;
+        }
+        if self.now.since(self.last_sweep) >= 1_000_000_000 {
+            self.last_sweep = self.now;
+            self.sweep(out);
+        }
+    }
+
+    fn sweep(&mut self, out: &mut Vec<Finding>) {
+        let now = self.now;
+        let timeout = self.p.probe_timeout_secs;
+        let mut expired: Vec<_> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| now.secs_since(**t) >= timeout)
+            .map(|(k, t)| (*t, *k))
+            .collect();
+        expired.sort();
+        for (_, k) in expired {
+            self.pending.remove(&k);
+            self.outcome(k.0, false);
+        }
+        let idle = self.p.idle_secs;
+        let max_ep = self.p.max_episode_secs;
+        let mut done: Vec<IpAddr> = Vec::new();
+        let mut long: Vec<IpAddr> = Vec::new();
+        for (ip, s) in &self.sources {
+            if now.secs_since(s.active) >= idle {
+                done.push(*ip);
+            } else if s.declared.is_some()
+                && now.secs_since(if s.reports == 0 {
+                    s.first
+                } else {
+                    s.reported_at
+                }) >= max_ep
+            {
+                long.push(*ip);
+            }
+        }
+        done.sort();
+        long.sort();
+        for ip in done {
+            if let Some(s) = self.sources.remove(&ip) {
+                self.report(ip, &s, false, out);
+            }
+        }
+        for ip in long {
+            if let Some(mut s) = self.sources.remove(&ip) {
+                if self.report(ip, &s, true, out) {
+                    s.reports += 1;
+                    s.reported_at = now;
+                }
+                self.sources.insert(ip, s);
+            }
+        }
+    }
+
+    fn on_flow(&mut self, r: &FlowRecord, out: &mut Vec<Finding>) {
+        let m = &r.meta;
+        let (src, dst) = (m.initiator.ip, m.responder.ip);
+        if src == dst || src.is_loopback() || !unicast(dst) {
+            return;
+        }
+        // x.x.x.255 inside the home networks is most likely a subnet broadcast (NetBIOS,
+        // discovery); pings and ARP to it still count.
+        if matches!(dst, IpAddr::V4(v) if v.octets()[3] == 255) && self.home.is_home(dst) {
+            return;
+        }
+        let (ty, success) = match m.proto {
+            6 => match tcp_probe(r) {
+                Some(x) => x,
+                None => return,
+            },
+            17 => (ProbeType::Udp, r.rev.packets > 0),
+            _ => return,
+        };
+        if self.contact(src, dst, m.responder.port, ty, r.start, out) {
+            self.outcome(src, success);
+        }
+    }
+
+    fn on_packet(&mut self, p: &PacketSummary, out: &mut Vec<Finding>) {
+        match p.net {
+            Net::Arp(a) => {
+                let (s, t) = (IpAddr::V4(a.sender_ip), IpAddr::V4(a.target_ip));
+                if a.sender_ip.is_unspecified() || a.sender_ip == a.target_ip {
+                    return; // address probe / gratuitous ARP
+                }
+                match a.op {
+                    1 if self.contact(s, t, 0, ProbeType::Arp, p.ts, out) => {
+                        self.add_pending((s, t, Class::Arp), p.ts);
+                    }
+                    2 if self.pending.remove(&(t, s, Class::Arp)).is_some() => {
+                        self.outcome(t, true);
+                    }
+                    _ => {}
+                }
+            }
+            Net::Ip {
+                src,
+                dst,
+                l4: Transport::Icmp { v6, ty, .. },
+                ..
+            } => {
+                let request = if v6 {
+                    ty == 128
+                } else {
+                    matches!(ty, 8 | 13 | 15 | 17)
+                };
+                let reply = if v6 {
+                    ty == 129
+                } else {
+                    matches!(ty, 0 | 14 | 16 | 18)
+                };
+                if request && src != dst && !src.is_loopback() && unicast(dst) {
+                    if self.contact(src, dst, 0, ProbeType::Icmp, p.ts, out) {
+                        self.add_pending((src, dst, Class::Icmp), p.ts);
+                    }
+                } else if reply && self.pending.remove(&(dst, src, Class::Icmp)).is_some() {
+                    self.outcome(dst, true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn add_pending(&mut self, k: (IpAddr, IpAddr, Class), ts: Timestamp) {
+        if self.pending.len() >= MAX_PENDING {
+            // Oldest half out, counted as evicted (not as failures).
+            let mut ts_all: Vec<Timestamp> = self.pending.values().copied().collect();
+            ts_all.sort_unstable();
+            let cut = ts_all[ts_all.len() / 2];
+            let before = self.pending.len();
+            self.pending.retain(|_, t| *t > cut);
+            self.evicted += (before - self.pending.len()) as u64;
+        }
+        self.pending.entry(k).or_insert(ts);
+    }
+
+    /// Records a probe; true when it is a first contact (its outcome then feeds the walk).
+    fn contact(
+        &mut self,
+        src: IpAddr,
+        dst: IpAddr,
+        port: u16,
+        ty: ProbeType,
+        ts: Timestamp,
+        out: &mut Vec<Finding>,
+    ) -> bool {
+        let now = self.now;
+        if !self.sources.contains_key(&src) && self.sources.len() >= self.p.max_sources {
+            self.evict_sources(out);
+        }
+        let cap = self.p.max_contacts_per_source;
+        let mirai_port = ty.class() == Class::Tcp && self.p.mirai_ports.contains(&port);
+        let s = self
+            .sources
+            .entry(src)
+            .or_insert_with(|| Source::new(ts, now));
+        s.attempts += 1;
+        *s.types.entry(ty).or_insert(0) += 1;
+        s.first = s.first.min(ts);
+        s.last = s.last.max(ts);
+        let class = ty.class();
+        let key = (dst, port, class);
+        if s.contacts.contains(&key) {
+            return false;
+        }
+        if s.contacts.len() < cap {
+            s.contacts.insert(key);
+        } else {
+            s.untracked += 1;
+        }
+        s.active = now;
+        let t = s.targets.entry(dst).or_default();
+        let cbit = 1u8 << (class as u8);
+        if t.classes & cbit == 0 {
+            t.classes |= cbit;
+            s.targets_by_class[class as usize] += 1;
+        }
+        if matches!(class, Class::Tcp | Class::Udp) {
+            t.ports += 1;
+            *s.ports.entry(port).or_insert(0) += 1;
+        }
+        if mirai_port && !t.mirai {
+            t.mirai = true;
+            s.mirai_targets += 1;
+        }
+        t.os_bits |= ty.os_probe_bit();
+        if ty.odd() {
+            s.odd += 1;
+            if s.odd >= self.p.odd_flag_probes && s.declared.is_none() {
+                s.declared = Some("odd_flags");
+            }
+        }
+        if class == Class::Icmp
+            && s.targets_by_class[Class::Icmp as usize] >= self.p.icmp_min_targets
+            && s.declared.is_none()
+        {
+            s.declared = Some("icmp_sweep");
+        }
+        self.remember(src);
+        true
+    }
+
+    /// The outcome of a first contact of `src`.
+    fn outcome(&mut self, src: IpAddr, success: bool) {
+        let now = self.now;
+        let trw = self.trw;
+        let Some(s) = self.sources.get_mut(&src) else {
+            return;
+        };
+        s.active = now;
+        if !success {
+            s.failed += 1;
+        }
+        if s.declared.is_some() {
+            return;
+        }
+        match trw.step(&mut s.llr, success) {
+            TrwDecision::Scanner => s.declared = Some("trw"),
+            TrwDecision::Benign => s.llr = 0.0,
+            TrwDecision::Pending => {}
+        }
+        self.remember(src);
+    }
+
+    /// Keeps `recent` up to date once the source's episode is reportable.
+    fn remember(&mut self, src: IpAddr) {
+        let Some(s) = self.sources.get(&src) else {
+            return;
+        };
+        let Some(kind) = self.classify(s) else {
+            return;
+        };
+        if !self.recent.contains_key(&src) && self.recent.len() >= MAX_RECENT {
+            self.evicted += self.recent.len() as u64;
+            self.recent.clear();
+        }
+        let r = ScanRef {
+            kind,
+            first: s.first,
+            last: s.last,
+            targets: s.targets.len() as u64,
+            ports: s.ports.len() as u64,
+            identifier: identifier(src, s),
+        };
+        self.recent.insert(src, r);
+    }
+
+    /// Port scan, host scan, or nothing (not declared, or too small).
+    fn classify(&self, s: &Source) -> Option<Kind> {
+        let how = s.declared?;
+        let p = &self.p;
+        let c = &s.targets_by_class;
+        let ip_targets = c[Class::Tcp as usize].max(c[Class::Udp as usize]);
+        let max_ports = s.targets.values().map(|t| t.ports).max().unwrap_or(0);
+        let many_hosts = ip_targets >= p.min_targets
+            || c[Class::Arp as usize] >= p.arp_min_targets
+            || c[Class::Icmp as usize] >= p.icmp_min_targets;
+        if many_hosts && (s.targets.len() as u32) >= max_ports {
+            Some(Kind::HostScan)
+        } else if max_ports >= p.min_ports || (how == "odd_flags" && max_ports >= 1) {
+            Some(Kind::PortScan)
+        } else if many_hosts {
+            Some(Kind::HostScan)
+        } else {
+            None
+        }
+    }
+
+    /// Writes the finding of an episode; false when there is nothing to report.
+    fn report(&mut self, src: IpAddr, s: &Source, ongoing: bool, out: &mut Vec<Finding>) -> bool {
+        let Some(kind) = self.classify(s) else {
+            return false;
+        };
+        out.push(self.finding(src, s, kind, ongoing));
+        // One episode can be both: a sweep of many hosts and many ports of one of them.
+        let p = &self.p;
+        let c = &s.targets_by_class;
+        let ip_targets = c[Class::Tcp as usize].max(c[Class::Udp as usize]);
+        let many_hosts =
+            ip_targets >= p.min_targets || c[Class::Icmp as usize] >= p.icmp_min_targets;
+        let max_ports = s.targets.values().map(|t| t.ports).max().unwrap_or(0);
+        let other = match kind {
+            Kind::HostScan if max_ports >= p.min_ports.max(20) => Some(Kind::PortScan),
+            Kind::PortScan if many_hosts => Some(Kind::HostScan),
+            _ => None,
+        };
+        if let Some(k) = other {
+            out.push(self.finding(src, s, k, ongoing));
+        }
+        true
+    }
+
+    fn finding(&self, src: IpAddr, s: &Source, kind: Kind, ongoing: bool) -> Finding {
+        let mut top: Vec<(u16, u32)> = s.ports.iter().map(|(p, n)| (*p, *n)).collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top_ports: Vec<Value> = top
+            .iter()
+            .take(10)
+            .map(|(p, n)| json!({"port": p, "targets": n}))
+            .collect();
+        // ARP when most targets were asked for by ARP (a LAN sweep), else the commonest IP probe
+        // (ARP requests also precede any IP probe on a LAN).
+        let c = &s.targets_by_class;
+        let arp_sweep = c[Class::Arp as usize]
+            > c[Class::Tcp as usize] + c[Class::Udp as usize] + c[Class::Icmp as usize];
+        let (main_ty, _) = s
+            .types
+            .iter()
+            .filter(|(t, _)| (**t == ProbeType::Arp) == arp_sweep)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(t, n)| (*t, *n))
+            .unwrap_or((ProbeType::Arp, 0));
+        let by_class = json!({
+            "tcp": s.targets_by_class[Class::Tcp as usize],
+            "udp": s.targets_by_class[Class::Udp as usize],
+            "icmp": s.targets_by_class[Class::Icmp as usize],
+            "arp": s.targets_by_class[Class::Arp as usize],
+        });
+        let mut types = Map::new();
+        for (t, n) in &s.types {
+            types.insert(t.as_str().into(), (*n).into());
+        }
+        let ip_targets = s.targets_by_class[Class::Tcp as usize]
+            .max(s.targets_by_class[Class::Udp as usize])
+            .max(1);
+        let mirai_like = s.mirai_targets >= self.p.mirai_min_targets
+            && f64::from(s.mirai_targets) / f64::from(ip_targets) >= self.p.mirai_min_share;
+        let os_fp = s.targets.values().any(|t| t.os_bits.count_ones() >= 3);
+        // The host with the most ports is the port scan's destination.
+        let busiest = s
+            .targets
+            .iter()
+            .max_by(|a, b| a.1.ports.cmp(&b.1.ports).then(b.0.cmp(a.0)))
+            .map(|(ip, _)| *ip);
+        let proto = match main_ty.class() {
+            Class::Tcp => 6,
+            Class::Udp => 17,
+            Class::Icmp if src.is_ipv6() => 58,
+            Class::Icmp => 1,
+            Class::Arp => 0,
+        };
+        let mut sample: Vec<IpAddr> = s.targets.keys().copied().collect();
+        sample.sort();
+        sample.truncate(10);
+        let mut f = Finding {
+            ts: s.last,
+            kind,
+            variant: "",
+            src: Some(Endpoint { ip: src, port: 0 }),
+            dst: match (kind, busiest) {
+                (Kind::PortScan, Some(ip)) => Some(Endpoint { ip, port: 0 }),
+                _ => None,
+            },
+            proto,
+            flow_id: None,
+            vlan: Default::default(),
+            app_proto: None,
+            identifier: identifier(src, s),
+            evidence: Map::new(),
+        }
+        .with("targets", s.targets.len())
+        .with("targets_by_protocol", by_class)
+        .with("ports", s.ports.len())
+        .with("attempts", s.attempts)
+        .with("failed", s.failed)
+        .with("first", s.first.rfc3339().to_string())
+        .with("last", s.last.rfc3339().to_string())
+        .with("duration_secs", s.last.since(s.first) as f64 / 1e9)
+        .with("probe_type", main_ty.as_str())
+        .with("probe_types", Value::Object(types))
+        .with("decided_by", s.declared.unwrap_or(""))
+        .with("top_ports", top_ports)
+        .with("mirai_like", mirai_like)
+        .with("telnet_targets", s.mirai_targets)
+        .with("os_fingerprint", os_fp)
+        .with("internal_source", self.home.is_home(src))
+        .with(
+            "target_sample",
+            sample.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        );
+        if let Some(z) = self.home.zone_of(src) {
+            f = f.with("zone_from", z);
+        }
+        if s.untracked > 0 {
+            f = f.with("contacts_not_remembered", s.untracked);
+        }
+        if ongoing || s.reports > 0 {
+            f = f.with("update", s.reports > 0).with("ongoing", ongoing);
+        }
+        f
+    }
+
+    /// The source table is full: drop the undeclared sources idle the longest.
+    fn evict_sources(&mut self, out: &mut Vec<Finding>) {
+        let mut idle: Vec<(Timestamp, IpAddr)> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.declared.is_none())
+            .map(|(ip, s)| (s.active, *ip))
+            .collect();
+        idle.sort();
+        let n = (self.sources.len() / 4).max(1);
+        let mut dropped = 0usize;
+        for (_, ip) in idle.into_iter().take(n) {
+            self.sources.remove(&ip);
+            dropped += 1;
+        }
+        if dropped == 0 {
+            // Every source is a declared scanner: report and drop the oldest.
+            let mut all: Vec<(Timestamp, IpAddr)> =
+                self.sources.iter().map(|(ip, s)| (s.first, *ip)).collect();
+            all.sort();
+            for (_, ip) in all.into_iter().take(n) {
+                if let Some(s) = self.sources.remove(&ip) {
+                    self.report(ip, &s, false, out);
+                }
+                dropped += 1;
+            }
+        }
+        self.evicted += dropped as u64;
+    }
+}
+
+fn identifier(src: IpAddr, s: &Source) -> String {
+    format!("{src}|scan|{}", s.first.0)
+}
+
+/// Multicast and broadcast destinations are not probes.
+fn unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => !(v.is_multicast() || v.is_broadcast()),
+        IpAddr::V6(v) => !v.is_multicast(),
+    }
+}
+
+/// What kind of TCP probe a flow record is, and whether it succeeded; `None` for flows picked
+/// up mid-connection.
+fn tcp_probe(r: &FlowRecord) -> Option<(ProbeType, bool)> {
+    const FIN: u8 = TcpFlags::FIN;
+    const SYN: u8 = TcpFlags::SYN;
+    const RST: u8 = TcpFlags::RST;
+    const PSH: u8 = TcpFlags::PSH;
+    const ACK: u8 = TcpFlags::ACK;
+    const URG: u8 = TcpFlags::URG;
+    let f = r.fwd.tcp_flags;
+    if r.fwd.packets == 0 {
+        return None;
+    }
+    if r.fwd.syns > 0 {
+        if f & (FIN | PSH | URG) != 0 && f & ACK == 0 {
+            return Some((ProbeType::SynFin, false));
+        }
+        let ok = r.synack_seen;
+        let ty = if ok && f & ACK != 0 {
+            ProbeType::Connect
+        } else {
+            ProbeType::Syn
+        };
+        return Some((ty, ok));
+    }
+    if f & (ACK | RST | SYN) == 0 {
+        let ty = if f == 0 {
+            ProbeType::Null
+        } else if f == FIN {
+            ProbeType::Fin
+        } else if f & (FIN | PSH | URG) == FIN | PSH | URG {
+            ProbeType::Xmas
+        } else {
+            ProbeType::OddFlags
+        };
+        return Some((ty, false));
+    }
+    if f == ACK
+        && r.fwd.payload_bytes == 0
+        && r.fwd.packets <= 2
+        && r.rev.tcp_flags & RST != 0
+        && r.rev.payload_bytes == 0
+    {
+        return Some((ProbeType::Ack, false));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trw_thresholds_follow_jung() {
+        let t = Trw::new(0.8, 0.2, 0.99, 0.01).unwrap();
+        // ln(99) / ln(4) = 3.3: four failures in a row.
+        assert_eq!(t.failures_to_detect(), 4);
+        let mut llr = 0.0;
+        for i in 0..3 {
+            assert_eq!(t.step(&mut llr, false), TrwDecision::Pending, "step {i}");
+        }
+        assert_eq!(t.step(&mut llr, false), TrwDecision::Scanner);
+        // A success undoes a failure (ln 0.25 = -ln 4).
+        let mut llr = 0.0;
+        t.step(&mut llr, false);
+        t.step(&mut llr, true);
+        assert!(llr.abs() < 1e-9);
+        // Busy clients succeed: benign after four successes, whatever came before.
+        let mut llr = 0.0;
+        let mut d = TrwDecision::Pending;
+        for _ in 0..4 {
+            d = t.step(&mut llr, true);
+        }
+        assert_eq!(d, TrwDecision::Benign);
+        assert!(Trw::new(0.2, 0.8, 0.99, 0.01).is_err());
+        assert!(Trw::new(0.8, 0.2, 0.01, 0.99).is_err());
+    }
+
+    fn rules_with(params: &str) -> RuleSet {
+        let text = format!(
+            "[[rule]]\nsid = 1\nrev = 1\nkind = \"port_scan\"\nsignature = \"s\"\ncategory = \"c\"\nseverity = 2\n[rule.params]\n{params}\n[[rule]]\nsid = 2\nrev = 1\nkind = \"host_scan\"\nsignature = \"s\"\ncategory = \"c\"\nseverity = 2\n"
+        );
+        RuleSet::from_texts([("t.toml", text.as_str())]).unwrap()
+    }
+
+    #[test]
+    fn params_are_checked() {
+        let st = Settings::default();
+        assert!(ScanDetector::new(&st, &rules_with("")).is_ok());
+        let e = ScanDetector::new(&st, &rules_with("theta0 = 0.1"))
+            .err()
+            .unwrap();
+        assert!(e.reason.contains("theta1"), "{e}");
+        let e = ScanDetector::new(&st, &rules_with("min_tragets = 3"))
+            .err()
+            .unwrap();
+        assert!(e.reason.contains("min_tragets"), "{e}");
+    }
+
+    fn ts(s: u64) -> Timestamp {
+        Timestamp::from_secs(1_700_000_000 + s)
+    }
+
+    #[test]
+    fn failed_contacts_make_a_port_scan_and_successes_do_not() {
+        let st = Settings::default();
+        let mut d = ScanDetector::new(&st, &rules_with("")).unwrap();
+        let mut out = Vec::new();
+        let scanner: IpAddr = "10.0.0.5".parse().unwrap();
+        let client: IpAddr = "10.0.0.6".parse().unwrap();
+        let target: IpAddr = "10.0.0.9".parse().unwrap();
+        for port in 1..=20u16 {
+            d.now = ts(u64::from(port));
+            if d.contact(scanner, target, port, ProbeType::Syn, d.now, &mut out) {
+                d.outcome(scanner, port == 5);
+            }
+            // A busy client: many connections, few servers, all answered.
+            for srv in 0..3u8 {
+                let ip = IpAddr::from([10, 0, 1, srv]);
+                if d.contact(client, ip, 443, ProbeType::Connect, d.now, &mut out) {
+                    d.outcome(client, true);
+                }
+            }
+        }
+        assert_eq!(
+            d.recent_scan(scanner, ts(30)).map(|r| r.kind),
+            Some(Kind::PortScan)
+        );
+        assert!(d.recent_scan(client, ts(30)).is_none());
+        d.finish(&mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let f = &out[0];
+        assert_eq!(f.kind, Kind::PortScan);
+        assert_eq!(f.src.unwrap().ip, scanner);
+        assert_eq!(f.evidence["ports"], 20);
+        assert_eq!(f.evidence["failed"], 19);
+        assert_eq!(f.evidence["targets"], 1);
+    }
+}
