@@ -58,8 +58,13 @@ fn bench(c: &mut Criterion) {
                 let mut d = Decoder::new();
                 let mut t: FlowTable<NoPayload> = FlowTable::new(FlowConfig::default());
                 let mut ev = Vec::new();
+                let mut clock = tapwatch::app::Clock::default();
                 for f in &fr {
                     let r = raw(f);
+                    if clock.due(r.ts) {
+                        t.tick(r.ts, &mut ev);
+                        ev.clear();
+                    }
                     if let Decoded::Packet(p) = d.decode(&r) {
                         t.observe(&p, decode::payload(&r, &p), &mut ev);
                         ev.clear();
@@ -77,7 +82,11 @@ fn bench(c: &mut Criterion) {
                 let mut det = Detectors::new(&settings, &rules).expect("detectors");
                 let mut out: Vec<Emitted> = Vec::new();
                 let mut findings = Vec::new();
+                let mut clock = tapwatch::app::Clock::default();
                 for f in &fr {
+                    if clock.due(f.1) {
+                        w.tick(f.1, &mut out);
+                    }
                     w.frame(&raw(f), &mut out);
                     for e in out.drain(..) {
                         det.on_event(&e, &mut findings);

@@ -93,6 +93,38 @@ pub struct StageTimes {
     pub analysis: Duration,
 }
 
+/// Packet-time clock: due once per second of packet time. Whoever sees every packet (the only
+/// worker, or the reader in front of several) owns it and ticks the flow tables.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Clock {
+    next: Timestamp,
+}
+
+impl Clock {
+    /// True when `ts` enters a new second of packet time (the flow tables must tick first).
+    pub fn due(&mut self, ts: Timestamp) -> bool {
+        if ts >= self.next {
+            self.next = Timestamp::from_secs(ts.secs() + 1);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Emitted {
+    /// Events of one packet (or tick) are handed on ordered by flow id (stable within a flow),
+    /// so that the order does not depend on how flows are sharded over workers.
+    pub fn order_key(&self) -> u64 {
+        match self {
+            Emitted::Started(m) => m.id.0,
+            Emitted::App { meta, .. } | Emitted::Activity { meta, .. } => meta.id.0,
+            Emitted::Flow(r) => r.meta.id.0,
+            Emitted::Packet(_) => 0,
+        }
+    }
+}
+
 /// One worker's stages: decode -> flow (+ protocol analyzers). Owns its flow table shard.
 pub struct Worker {
     pub decoder: Decoder,
@@ -113,7 +145,14 @@ impl Worker {
         }
     }
 
-    /// Runs one frame through the stages.
+    /// Advances packet time (flow expiry and activity windows).
+    pub fn tick(&mut self, now: Timestamp, out: &mut Vec<Emitted>) {
+        self.flows.tick(now, &mut self.events);
+        self.hand_on(out);
+    }
+
+    /// Runs one frame through the stages. The owner of the [`Clock`] ticks the worker before
+    /// frames that enter a new second.
     pub fn frame(&mut self, frame: &RawFrame<'_>, out: &mut Vec<Emitted>) {
         let t0 = self.timing.map(|_| Instant::now());
         let d = self.decoder.decode(frame);
@@ -210,6 +249,7 @@ pub struct Engine {
     stats_interval: u64,
     next_stats: Option<Timestamp>,
     first_ts: Option<Timestamp>,
+    clock: Clock,
     pub stats: Stats,
 }
 
@@ -248,6 +288,7 @@ impl Engine {
             stats_interval: 0,
             next_stats: None,
             first_ts: None,
+            clock: Clock::default(),
             stats: Stats::default(),
         })
     }
@@ -260,6 +301,12 @@ impl Engine {
     pub fn frame(&mut self, frame: &RawFrame<'_>) {
         if self.first_ts.is_none() {
             self.first_ts = Some(frame.ts);
+        }
+        if self.clock.due(frame.ts) {
+            self.worker.tick(frame.ts, &mut self.emitted);
+            if !self.emitted.is_empty() {
+                self.write_emitted();
+            }
         }
         self.worker.frame(frame, &mut self.emitted);
         if !self.emitted.is_empty() {
@@ -280,6 +327,9 @@ impl Engine {
 
     fn write_emitted(&mut self) {
         let t0 = self.worker.timing.map(|_| Instant::now());
+        if self.emitted.len() > 1 {
+            self.emitted.sort_by_key(Emitted::order_key);
+        }
         for e in self.emitted.drain(..) {
             self.analysis
                 .on_event(&e, &mut self.findings, &mut self.new_devices);

@@ -362,11 +362,15 @@ struct Source {
     reports: u32,
     /// When it was last reported (detector clock).
     reported_at: Timestamp,
+    /// Packet time the episode was opened: names it for suppression (`first` may move earlier
+    /// when older flows' records arrive).
+    opened: Timestamp,
 }
 
 impl Source {
     fn new(ts: Timestamp, now: Timestamp) -> Source {
         Source {
+            opened: ts,
             llr: 0.0,
             declared: None,
             contacts: HashSet::new(),
@@ -887,6 +891,11 @@ impl ScanDetector {
         if ongoing || s.reports > 0 {
             f = f.with("update", s.reports > 0).with("ongoing", ongoing);
         }
+        // The end of an episode already reported while ongoing is its summary: written once,
+        // under its own identifier (the ongoing updates in between are suppressed).
+        if !ongoing && s.reports > 0 {
+            f.identifier.push_str("|end");
+        }
         f
     }
 
@@ -922,7 +931,7 @@ impl ScanDetector {
 }
 
 fn identifier(src: IpAddr, s: &Source) -> String {
-    format!("{src}|scan|{}", s.first.0)
+    format!("{src}|scan|{}", s.opened.0)
 }
 
 /// Multicast and broadcast destinations are not probes.

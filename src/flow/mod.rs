@@ -200,7 +200,6 @@ pub struct FlowTable<H: StreamHandler> {
     lists: [List; CLASSES],
     /// Latest packet time seen (packets may arrive slightly out of order).
     now: Timestamp,
-    next_sweep: Timestamp,
     /// Start of the current activity window.
     window: Timestamp,
     scratch: Vec<H::Event>,
@@ -219,7 +218,6 @@ impl<H: StreamHandler> FlowTable<H> {
                 tail: NIL,
             }; CLASSES],
             now: Timestamp::ZERO,
-            next_sweep: Timestamp::ZERO,
             window: Timestamp::ZERO,
             scratch: Vec::new(),
             counters: FlowCounters::default(),
@@ -281,6 +279,27 @@ impl<H: StreamHandler> FlowTable<H> {
         self.lists[c].head = i;
     }
 
+    /// Advances packet time to `now`: closes the activity window when `now` enters a new one and
+    /// ends the flows whose idle timeout has passed. The caller ticks once per second of packet
+    /// time, from a clock that sees every packet (all workers get the same ticks, so flows end at
+    /// the same moments whatever the sharding).
+    pub fn tick(&mut self, now: Timestamp, out: &mut Vec<FlowEvent<H::Event>>) {
+        if now > self.now {
+            self.now = now;
+        }
+        if self.cfg.window_secs > 0 {
+            let w = self.cfg.window_secs;
+            let start = Timestamp::from_secs(self.now.secs() / w * w);
+            if start > self.window {
+                if self.window > Timestamp::ZERO {
+                    self.report_window(out);
+                }
+                self.window = start;
+            }
+        }
+        self.expire(out);
+    }
+
     /// Processes one packet. `payload` is its captured L4 payload.
     pub fn observe(
         &mut self,
@@ -296,20 +315,6 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         if p.ts > self.now {
             self.now = p.ts;
-        }
-        if self.cfg.window_secs > 0 {
-            let w = self.cfg.window_secs;
-            let start = Timestamp::from_secs(self.now.secs() / w * w);
-            if start > self.window {
-                if self.window > Timestamp::ZERO {
-                    self.report_window(out);
-                }
-                self.window = start;
-            }
-        }
-        if self.now >= self.next_sweep {
-            self.expire(out);
-            self.next_sweep = self.now.plus_secs(1);
         }
         let (sport, dport) = l4.ports();
         let src = Endpoint {
