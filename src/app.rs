@@ -236,21 +236,128 @@ pub struct OutputOptions {
     pub discard: bool,
 }
 
-/// The single-threaded engine: a worker plus the writer.
-pub struct Engine {
-    pub worker: Worker,
+/// Opens the output sink of a run.
+fn open_sink(out: &OutputOptions) -> Result<(Box<dyn Write + Send>, String), AppError> {
+    Ok(if out.discard {
+        (Box::new(std::io::sink()), "(discarded)".into())
+    } else {
+        match &out.path {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?;
+                (Box::new(f), p.display().to_string())
+            }
+            None => (Box::new(std::io::stdout()), "standard output".into()),
+        }
+    })
+}
+
+/// The back end of the pipeline: the analysis stage, alert policy and the one writer. Fed with
+/// the workers' events in a deterministic order.
+pub struct Back {
     pub analysis: Analysis,
     findings: Vec<Finding>,
     new_devices: Vec<crate::device::DeviceProfile>,
     alerter: Alerter,
     pub writer: EveWriter,
     emit_flows: bool,
+    pub stats: Stats,
+}
+
+impl Back {
+    pub fn new(
+        settings: &Settings,
+        rules: RuleSet,
+        out: &OutputOptions,
+        model: Option<Model>,
+        learning: Learning,
+    ) -> Result<Self, AppError> {
+        let (sink, target) = open_sink(out)?;
+        Ok(Back {
+            analysis: Analysis::new(settings, &rules, model, learning)?,
+            findings: Vec::with_capacity(16),
+            new_devices: Vec::new(),
+            alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
+            writer: EveWriter::new(sink, &target),
+            emit_flows: out.flows,
+            stats: Stats::default(),
+        })
+    }
+
+    /// One worker event: analysis, then alerts and the events to write.
+    pub fn consume(&mut self, e: &Emitted) {
+        self.analysis
+            .on_event(e, &mut self.findings, &mut self.new_devices);
+        if let Emitted::Flow(r) = e {
+            if self.emit_flows {
+                self.writer.write(&flow_event(r));
+            }
+        }
+        self.write_findings();
+    }
+
+    fn write_findings(&mut self) {
+        for d in self.new_devices.drain(..) {
+            self.writer.write(&crate::alert::device_event(&d));
+        }
+        for f in self.findings.drain(..) {
+            if let Some(v) = self.alerter.alert(&f) {
+                self.writer.write(&v);
+            }
+        }
+    }
+
+    /// End of input for the detectors.
+    pub fn finish_detectors(&mut self) {
+        self.analysis
+            .finish(&mut self.findings, &mut self.new_devices);
+        self.write_findings();
+    }
+
+    /// Writes a `stats` event with the workers' counters.
+    pub fn write_stats(
+        &mut self,
+        now: Timestamp,
+        first: Option<Timestamp>,
+        decode: &crate::decode::DecodeCounters,
+        flow: &crate::flow::FlowCounters,
+        flows_active: u64,
+        app_events: u64,
+    ) {
+        self.stats.decode = decode.clone();
+        self.stats.flow = *flow;
+        self.stats.flows_active = flows_active;
+        self.stats.alerts = self.alerter.counters.clone();
+        self.stats.alerts_suppressed = self.alerter.suppressed();
+        self.stats.app_events = app_events;
+        let uptime = now.secs_since(first.unwrap_or(now));
+        let ev = self.stats.event(now, uptime);
+        self.writer.write(&ev);
+        self.writer.flush();
+    }
+
+    /// Flushes and reports a write error.
+    pub fn close(&mut self) -> Result<(), AppError> {
+        self.writer.flush();
+        match self.writer.take_error() {
+            Some(e) => Err(AppError::Runtime(e.to_string())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The single-threaded engine: one worker, ticked by its own clock, and the back end.
+pub struct Engine {
+    pub worker: Worker,
+    pub back: Back,
     emitted: Vec<Emitted>,
     stats_interval: u64,
     next_stats: Option<Timestamp>,
-    first_ts: Option<Timestamp>,
+    pub first_ts: Option<Timestamp>,
     clock: Clock,
-    pub stats: Stats,
 }
 
 impl Engine {
@@ -261,35 +368,14 @@ impl Engine {
         model: Option<Model>,
         learning: Learning,
     ) -> Result<Self, AppError> {
-        let (sink, target): (Box<dyn Write + Send>, String) = if out.discard {
-            (Box::new(std::io::sink()), "(discarded)".into())
-        } else {
-            match &out.path {
-                Some(p) => {
-                    let f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?;
-                    (Box::new(f), p.display().to_string())
-                }
-                None => (Box::new(std::io::stdout()), "standard output".into()),
-            }
-        };
         Ok(Engine {
             worker: Worker::new(settings),
-            analysis: Analysis::new(settings, &rules, model, learning)?,
-            findings: Vec::with_capacity(16),
-            new_devices: Vec::new(),
-            alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
-            writer: EveWriter::new(sink, &target),
-            emit_flows: out.flows,
+            back: Back::new(settings, rules, out, model, learning)?,
             emitted: Vec::with_capacity(64),
             stats_interval: 0,
             next_stats: None,
             first_ts: None,
             clock: Clock::default(),
-            stats: Stats::default(),
         })
     }
 
@@ -331,69 +417,33 @@ impl Engine {
             self.emitted.sort_by_key(Emitted::order_key);
         }
         for e in self.emitted.drain(..) {
-            self.analysis
-                .on_event(&e, &mut self.findings, &mut self.new_devices);
-            if let Emitted::Flow(r) = &e {
-                if self.emit_flows {
-                    self.writer.write(&flow_event(r));
-                }
-            }
-            for d in self.new_devices.drain(..) {
-                self.writer.write(&crate::alert::device_event(&d));
-            }
-            for f in self.findings.drain(..) {
-                if let Some(v) = self.alerter.alert(&f) {
-                    self.writer.write(&v);
-                }
-            }
+            self.back.consume(&e);
         }
         if let (Some(t), Some(t0)) = (self.worker.timing.as_mut(), t0) {
             t.analysis += t0.elapsed();
         }
     }
 
-    fn finish_detectors(&mut self) {
-        self.analysis
-            .finish(&mut self.findings, &mut self.new_devices);
-        for d in self.new_devices.drain(..) {
-            self.writer.write(&crate::alert::device_event(&d));
-        }
-        for f in self.findings.drain(..) {
-            if let Some(v) = self.alerter.alert(&f) {
-                self.writer.write(&v);
-            }
-        }
-    }
-
-    fn collect_stats(&mut self) {
-        self.stats.decode = self.worker.decoder.counters.clone();
-        self.stats.flow = self.worker.flows.counters;
-        self.stats.flows_active = self.worker.flows.len() as u64;
-        self.stats.alerts = self.alerter.counters.clone();
-        self.stats.alerts_suppressed = self.alerter.suppressed();
-        self.stats.app_events = self.worker.app_events;
-    }
-
     pub fn write_stats(&mut self, now: Timestamp) {
-        self.collect_stats();
-        let uptime = now.secs_since(self.first_ts.unwrap_or(now));
-        let ev = self.stats.event(now, uptime);
-        self.writer.write(&ev);
-        self.writer.flush();
+        let w = &self.worker;
+        self.back.write_stats(
+            now,
+            self.first_ts,
+            &w.decoder.counters,
+            &w.flows.counters,
+            w.flows.len() as u64,
+            w.app_events,
+        );
     }
 
     /// Ends all flows, writes the final stats and flushes.
     pub fn finish(&mut self) -> Result<(), AppError> {
         self.worker.finish(&mut self.emitted);
         self.write_emitted();
-        self.finish_detectors();
+        self.back.finish_detectors();
         let now = self.worker.now();
         self.write_stats(now);
-        self.writer.flush();
-        match self.writer.take_error() {
-            Some(e) => Err(AppError::Runtime(e.to_string())),
-            None => Ok(()),
-        }
+        self.back.close()
     }
 }
 
@@ -457,6 +507,8 @@ pub struct ReplayOptions {
     pub bench: bool,
     pub model: Option<Model>,
     pub learning: Learning,
+    /// Worker threads (1 = everything on one thread).
+    pub workers: usize,
 }
 
 /// Result of a replay.
@@ -470,9 +522,99 @@ pub struct ReplayReport {
     /// Packet time of the first and last packet.
     pub first_ts: Option<Timestamp>,
     pub last_ts: Timestamp,
+    pub workers: usize,
 }
 
-/// Replays capture files as one timeline.
+/// What a replay's input loop reports.
+pub struct InputResult {
+    pub outcome: Outcome,
+    pub capture: crate::capture::CaptureCounters,
+    pub truncated: Vec<(String, u64)>,
+}
+
+/// The consumer of a replay's frames.
+pub trait FrameSink {
+    /// A new input begins; `map` is its memory map when it has one.
+    fn input(&mut self, _map: Option<std::sync::Arc<memmap2::Mmap>>) {}
+    fn frame(&mut self, frame: &RawFrame<'_>);
+    /// Packets handed on so far (for progress).
+    fn packets(&self) -> u64;
+    /// The output was closed by its reader: stop quietly.
+    fn output_closed(&self) -> bool;
+}
+
+/// Reads every input in order (one timeline), handing frames to `sink`; stops on a signal or
+/// when the output is closed.
+pub fn read_inputs(
+    files: Vec<CaptureFile>,
+    sink: &mut dyn FrameSink,
+    progress: bool,
+    stop: &AtomicBool,
+) -> InputResult {
+    let mut progress = Progress::new(progress);
+    let mut r = InputResult {
+        outcome: Outcome::Done,
+        capture: Default::default(),
+        truncated: Vec::new(),
+    };
+    'files: for mut f in files {
+        let total = f.mapped_bytes().map(|m| m.len() as u64);
+        sink.input(f.shared_map());
+        let mut n: u64 = 0;
+        loop {
+            n += 1;
+            if n.is_multiple_of(4096) {
+                if stop.load(Ordering::Relaxed) {
+                    r.outcome = Outcome::Interrupted;
+                    capture_add(&mut r.capture, &f.counters);
+                    break 'files;
+                }
+                progress.tick(f.path(), f.counters.file_bytes, total, sink.packets());
+                if sink.output_closed() {
+                    capture_add(&mut r.capture, &f.counters);
+                    break 'files;
+                }
+            }
+            match f.next_frame() {
+                Ok(Next::Frame(fr)) => sink.frame(&fr),
+                Ok(Next::End) => break,
+                Ok(Next::Truncated { offset, missing }) => {
+                    eprintln!(
+                        "tapwatch: {}: file cut mid-record at byte {offset} ({missing} bytes missing); processed up to the cut",
+                        f.path()
+                    );
+                    r.truncated.push((f.path().to_string(), offset));
+                    break;
+                }
+                Err(e) => {
+                    // Corrupt structure mid-file: report, keep what was processed, go on with the
+                    // next input.
+                    eprintln!("tapwatch: {e}; skipping the rest of this input");
+                    r.truncated
+                        .push((f.path().to_string(), f.counters.file_bytes));
+                    break;
+                }
+            }
+        }
+        capture_add(&mut r.capture, &f.counters);
+    }
+    progress.done();
+    r
+}
+
+impl FrameSink for Engine {
+    fn frame(&mut self, frame: &RawFrame<'_>) {
+        Engine::frame(self, frame);
+    }
+    fn packets(&self) -> u64 {
+        self.worker.decoder.counters.packets
+    }
+    fn output_closed(&self) -> bool {
+        self.back.writer.closed
+    }
+}
+
+/// Replays capture files as one timeline, with `opts.workers` workers (1: all inline).
 pub fn replay(
     settings: &Settings,
     rules: RuleSet,
@@ -483,6 +625,9 @@ pub fn replay(
     let mut files = Vec::with_capacity(opts.inputs.len());
     for p in &opts.inputs {
         files.push(CaptureFile::open(p)?);
+    }
+    if opts.workers > 1 {
+        return crate::pipeline::replay_parallel(settings, rules, opts, files, stop);
     }
     let mut engine = Engine::new(
         settings,
@@ -495,78 +640,35 @@ pub fn replay(
         engine.worker.timing = Some(StageTimes::default());
     }
     let started = Instant::now();
-    let mut progress = Progress::new(opts.progress && !opts.quiet);
-    let mut outcome = Outcome::Done;
-    let mut capture = crate::capture::CaptureCounters::default();
-    let mut truncated = Vec::new();
-    'files: for mut f in files {
-        let total = f.mapped_bytes().map(|m| m.len() as u64);
-        let mut n: u64 = 0;
-        loop {
-            n += 1;
-            if n.is_multiple_of(4096) {
-                if stop.load(Ordering::Relaxed) {
-                    outcome = Outcome::Interrupted;
-                    capture_add(&mut capture, &f.counters);
-                    break 'files;
-                }
-                progress.tick(
-                    f.path(),
-                    f.counters.file_bytes,
-                    total,
-                    engine.worker.decoder.counters.packets,
-                );
-                if engine.writer.closed {
-                    // The reader of our output went away (`| head`): stop quietly.
-                    capture_add(&mut capture, &f.counters);
-                    break 'files;
-                }
-            }
-            match f.next_frame() {
-                Ok(Next::Frame(fr)) => engine.frame(&fr),
-                Ok(Next::End) => break,
-                Ok(Next::Truncated { offset, missing }) => {
-                    eprintln!(
-                        "tapwatch: {}: file cut mid-record at byte {offset} ({missing} bytes missing); processed up to the cut",
-                        f.path()
-                    );
-                    truncated.push((f.path().to_string(), offset));
-                    break;
-                }
-                Err(e) => {
-                    // Corrupt structure mid-file: report, keep what was processed, go on with the
-                    // next input.
-                    eprintln!("tapwatch: {e}; skipping the rest of this input");
-                    truncated.push((f.path().to_string(), f.counters.file_bytes));
-                    break;
-                }
-            }
-        }
-        capture_add(&mut capture, &f.counters);
-    }
-    progress.done();
-    engine.stats.capture = capture;
-    engine.stats.truncated_inputs = truncated;
+    let input = read_inputs(files, &mut engine, opts.progress && !opts.quiet, stop);
+    engine.back.stats.capture = input.capture;
+    engine.back.stats.truncated_inputs = input.truncated;
     engine.finish()?;
     let wall = started.elapsed();
-    if !opts.quiet && !opts.bench {
-        eprint!("{}", engine.stats.summary(wall.as_secs_f64()));
-    }
-    for n in &engine.analysis.notes {
-        if !opts.quiet {
-            eprintln!("tapwatch: {n}");
-        }
-    }
+    report_end(opts, &engine.back, wall);
     let last_ts = engine.worker.now();
     Ok(ReplayReport {
-        outcome,
-        stats: engine.stats.clone(),
+        outcome: input.outcome,
+        stats: engine.back.stats.clone(),
         wall,
         times: engine.worker.timing,
         first_ts: engine.first_ts,
         last_ts,
-        analysis: engine.analysis,
+        workers: 1,
+        analysis: engine.back.analysis,
     })
+}
+
+/// The summary and the analysis notes on standard error.
+pub fn report_end(opts: &ReplayOptions, back: &Back, wall: Duration) {
+    if !opts.quiet && !opts.bench {
+        eprint!("{}", back.stats.summary(wall.as_secs_f64()));
+    }
+    if !opts.quiet {
+        for n in &back.analysis.notes {
+            eprintln!("tapwatch: {n}");
+        }
+    }
 }
 
 fn capture_add(a: &mut crate::capture::CaptureCounters, b: &crate::capture::CaptureCounters) {
@@ -581,7 +683,8 @@ pub fn bench_report(r: &ReplayReport) -> String {
     let pkts = r.stats.decode.packets;
     let bytes = r.stats.decode.bytes;
     let mut s = format!(
-        "packets      {pkts}\nbytes        {bytes}\nflows        {}\nalerts       {}\nwall time    {:.3} s\npackets/s    {:.0} ({:.2} Mpps)\nthroughput   {:.3} Gbit/s\n",
+        "workers      {}\npackets      {pkts}\nbytes        {bytes}\nflows        {}\nalerts       {}\nwall time    {:.3} s\npackets/s    {:.0} ({:.2} Mpps)\nthroughput   {:.3} Gbit/s\n",
+        r.workers,
         r.stats.flow.created,
         r.stats.alerts.written,
         secs,
@@ -658,6 +761,7 @@ pub fn collect(
         bench: false,
         model: None,
         learning: Learning::Collect,
+        workers: 1,
     };
     let r = replay(settings, rules, &opts, stop)?;
     Ok(r)
@@ -785,6 +889,7 @@ pub fn inventory(
         bench: false,
         model: None,
         learning: Learning::Frozen,
+        workers: 1,
     };
     let r = replay(settings, rules, &opts, stop)?;
     let mut out = std::io::stdout().lock();

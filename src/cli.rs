@@ -31,6 +31,22 @@ pub enum Command {
     Inventory(InventoryArgs),
 }
 
+/// Worker threads [default: the number of cores].
+#[derive(Args, Debug, Clone, Default)]
+pub struct WorkerArgs {
+    /// Worker threads, sharded by flow (1 runs every stage on one thread).
+    #[arg(short, long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+impl WorkerArgs {
+    pub fn count(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .clamp(1, 64)
+    }
+}
+
 /// Model options of `replay`, `live` and `bench`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ModelArgs {
@@ -133,6 +149,8 @@ pub struct ReplayArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Capture files (pcap or pcapng, detected by content); `-` for standard input.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -169,6 +187,8 @@ pub struct BenchArgs {
     pub common: CommonArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Capture files to replay.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,

@@ -76,6 +76,7 @@ fn run(cli: Cli) -> Result<Outcome, AppError> {
                 bench: false,
                 model,
                 learning,
+                workers: a.workers.count(),
             };
             Ok(app::replay(&s, rules, &opts, &stop)?.outcome)
         }
@@ -94,6 +95,7 @@ fn run(cli: Cli) -> Result<Outcome, AppError> {
                 bench: true,
                 model,
                 learning,
+                workers: a.workers.count(),
             };
             let r = app::replay(&s, rules, &opts, &stop)?;
             print!("{}", app::bench_report(&r));

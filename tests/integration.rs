@@ -14,6 +14,8 @@ mod eve;
 mod lab;
 #[path = "suite/live.rs"]
 mod live;
+#[path = "suite/parallel.rs"]
+mod parallel;
 #[path = "suite/protocols.rs"]
 mod protocols;
 #[path = "suite/scan.rs"]

@@ -383,7 +383,7 @@ pub enum Next<'a> {
 }
 
 enum Source {
-    Mapped(memmap2::Mmap),
+    Mapped(std::sync::Arc<memmap2::Mmap>),
     Stream {
         input: Box<dyn Read + Send>,
         buf: Vec<u8>,
@@ -432,7 +432,7 @@ impl CaptureFile {
         let (state, hdr) = State::from_header(&map, &name)?;
         Ok(CaptureFile {
             path: name,
-            source: Source::Mapped(map),
+            source: Source::Mapped(std::sync::Arc::new(map)),
             state,
             pos: hdr as u64,
             map_pos: hdr,
@@ -489,6 +489,14 @@ impl CaptureFile {
     pub fn mapped_bytes(&self) -> Option<&[u8]> {
         match &self.source {
             Source::Mapped(m) => Some(m),
+            Source::Stream { .. } => None,
+        }
+    }
+
+    /// The mapping, shared: workers read frames in place from it.
+    pub fn shared_map(&self) -> Option<std::sync::Arc<memmap2::Mmap>> {
+        match &self.source {
+            Source::Mapped(m) => Some(std::sync::Arc::clone(m)),
             Source::Stream { .. } => None,
         }
     }

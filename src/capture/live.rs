@@ -93,7 +93,7 @@ fn capture_loop(
             outcome = Outcome::Interrupted;
             break;
         }
-        if engine.writer.closed {
+        if engine.back.writer.closed {
             break;
         }
         match cap.next_packet() {
@@ -112,9 +112,9 @@ fn capture_loop(
                 engine.frame(&frame);
                 if frames.is_multiple_of(1024) {
                     if let Ok(st) = cap.stats() {
-                        engine.stats.capture.kernel_received = u64::from(st.received);
-                        engine.stats.capture.kernel_drops = u64::from(st.dropped);
-                        engine.stats.capture.if_drops = u64::from(st.if_dropped);
+                        engine.back.stats.capture.kernel_received = u64::from(st.received);
+                        engine.back.stats.capture.kernel_drops = u64::from(st.dropped);
+                        engine.back.stats.capture.if_drops = u64::from(st.if_dropped);
                     }
                 }
             }
@@ -133,14 +133,17 @@ fn capture_loop(
         }
     }
     if let Ok(st) = cap.stats() {
-        engine.stats.capture.kernel_received = u64::from(st.received);
-        engine.stats.capture.kernel_drops = u64::from(st.dropped);
-        engine.stats.capture.if_drops = u64::from(st.if_dropped);
+        engine.back.stats.capture.kernel_received = u64::from(st.received);
+        engine.back.stats.capture.kernel_drops = u64::from(st.dropped);
+        engine.back.stats.capture.if_drops = u64::from(st.if_dropped);
     }
-    engine.stats.capture.frames = frames;
+    engine.back.stats.capture.frames = frames;
     engine.finish()?;
     if !quiet {
-        eprint!("{}", engine.stats.summary(started.elapsed().as_secs_f64()));
+        eprint!(
+            "{}",
+            engine.back.stats.summary(started.elapsed().as_secs_f64())
+        );
     }
     Ok(outcome)
 }

@@ -522,3 +522,94 @@ pub fn payload<'a>(frame: &RawFrame<'a>, p: &PacketSummary) -> &'a [u8] {
         .get(start..start.saturating_add(p.payload_len as usize))
         .unwrap_or(&[])
 }
+
+/// A cheap, symmetric hash of a frame's flow (addresses, ports, protocol, read at fixed offsets
+/// without a full decode), so a reader can shard frames over workers: both directions of a flow
+/// get the same value. Frames it cannot read this way (ARP, unknown link types) hash to 0.
+pub fn shard_hash(link: u32, b: &[u8]) -> u64 {
+    let ip = match link {
+        linktype::ETHERNET => {
+            let (Some(mut et), mut at) = (be16(b, 12), 14) else {
+                return 0;
+            };
+            let mut tags = 0;
+            while matches!(et, ETH_VLAN | ETH_QINQ | ETH_QINQ_OLD) && tags < MAX_VLAN_TAGS {
+                let Some(next) = be16(b, at + 2) else {
+                    return 0;
+                };
+                et = next;
+                at += 4;
+                tags += 1;
+            }
+            if !matches!(et, ETH_IPV4 | ETH_IPV6) {
+                return 0;
+            }
+            b.get(at..)
+        }
+        linktype::LINUX_SLL => b.get(16..),
+        linktype::LINUX_SLL2 => b.get(20..),
+        linktype::NULL | linktype::LOOP => b.get(4..),
+        linktype::RAW
+        | linktype::RAW_OLD
+        | linktype::RAW_OLD2
+        | linktype::IPV4
+        | linktype::IPV6 => Some(b),
+        _ => None,
+    };
+    let Some(ip) = ip else { return 0 };
+    let (src, dst, proto, l4): (&[u8], &[u8], u8, Option<&[u8]>) = match ip.first().map(|v| v >> 4)
+    {
+        Some(4) => {
+            let ihl = usize::from(ip[0] & 0x0f) * 4;
+            let (Some(s), Some(d), Some(&p)) = (ip.get(12..16), ip.get(16..20), ip.get(9)) else {
+                return 0;
+            };
+            // Non-first fragments carry no ports.
+            let frag_off = be16(ip, 6).unwrap_or(0) & 0x1fff;
+            (s, d, p, if frag_off == 0 { ip.get(ihl..) } else { None })
+        }
+        Some(6) => {
+            let (Some(s), Some(d), Some(&p)) = (ip.get(8..24), ip.get(24..40), ip.get(6)) else {
+                return 0;
+            };
+            (s, d, p, ip.get(40..))
+        }
+        _ => return 0,
+    };
+    let ports = match (proto, l4) {
+        (6 | 17, Some(l)) => (be16(l, 0).unwrap_or(0), be16(l, 2).unwrap_or(0)),
+        _ => (0, 0),
+    };
+    let a = (src, ports.0);
+    let z = (dst, ports.1);
+    let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5eed).hash_one((lo, hi, proto))
+}
+
+#[cfg(test)]
+mod shard_tests {
+    use super::*;
+
+    #[test]
+    fn both_directions_shard_alike() {
+        // Ethernet + IPv4 + TCP 198.18.1.10:40000 -> 198.18.1.2:1883 and back.
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[14 + 12..14 + 16].copy_from_slice(&[198, 18, 1, 10]);
+        f[14 + 16..14 + 20].copy_from_slice(&[198, 18, 1, 2]);
+        f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&1883u16.to_be_bytes());
+        let mut r = f.clone();
+        r[14 + 12..14 + 16].copy_from_slice(&[198, 18, 1, 2]);
+        r[14 + 16..14 + 20].copy_from_slice(&[198, 18, 1, 10]);
+        r[34..36].copy_from_slice(&1883u16.to_be_bytes());
+        r[36..38].copy_from_slice(&40000u16.to_be_bytes());
+        let h = shard_hash(linktype::ETHERNET, &f);
+        assert_ne!(h, 0);
+        assert_eq!(h, shard_hash(linktype::ETHERNET, &r));
+        assert_eq!(shard_hash(linktype::ETHERNET, &f[..20]), 0);
+    }
+}

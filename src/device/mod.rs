@@ -464,7 +464,9 @@ impl Devices {
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            p.mqtt_topics.insert(topic.clone(), SMALL_CAP);
+                            if !p.mqtt_topics.items.contains(topic.as_ref()) {
+                                p.mqtt_topics.insert(topic.to_string(), SMALL_CAP);
+                            }
                         }
                     }
                     ProtoEvent::MqttConnect { client_id, .. } => {

@@ -139,7 +139,7 @@ pub enum ProtoEvent {
         outcome: Outcome,
     },
     MqttPublish {
-        topic: String,
+        topic: std::sync::Arc<str>,
         qos: u8,
         retain: bool,
         dup: bool,

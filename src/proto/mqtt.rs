@@ -268,6 +268,11 @@ pub(crate) struct MqttAnalyzer {
     level: Option<u8>,
     streams: [Stream; 2],
     pending: Option<PendingLogin>,
+    /// The last topics published (in either direction): publishing to the same topic again
+    /// shares it instead of allocating a new string per message.
+    last_topic: [Option<std::sync::Arc<str>>; 2],
+    /// Which slot of `last_topic` the next new topic replaces.
+    next_slot: usize,
 }
 
 enum PubResult {
@@ -283,6 +288,8 @@ impl MqttAnalyzer {
             level: None,
             streams: [Stream::default(), Stream::default()],
             pending: None,
+            last_topic: [None, None],
+            next_slot: 0,
         }
     }
 
@@ -709,11 +716,28 @@ impl MqttAnalyzer {
         if qos == 3 {
             self.anomaly("mqtt.bad_qos", out);
         }
-        let mut bad = false;
-        let topic = utf8(topic, &mut bad);
-        if bad {
-            self.anomaly("mqtt.bad_utf8", out);
-        }
+        let cached = self
+            .last_topic
+            .iter()
+            .flatten()
+            .find(|t| t.as_bytes() == topic)
+            .cloned();
+        let topic = match cached {
+            Some(t) => t,
+            None => {
+                let mut bad = false;
+                let t: std::sync::Arc<str> = utf8(topic, &mut bad).into();
+                if bad {
+                    self.anomaly("mqtt.bad_utf8", out);
+                }
+                let slot = self.next_slot % 2;
+                self.next_slot = slot + 1;
+                if let Some(s) = self.last_topic.get_mut(slot) {
+                    *s = Some(std::sync::Arc::clone(&t));
+                }
+                t
+            }
+        };
         out.push(ProtoEvent::MqttPublish {
             topic,
             qos,

@@ -505,6 +505,19 @@ fn join<T: std::fmt::Display>(v: impl Iterator<Item = T>, sep: &str) -> String {
     s
 }
 
+/// Joins values as 4-digit lowercase hex, written in place (no string per value).
+fn join_hex(v: impl Iterator<Item = u16>, sep: &str) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(64);
+    for (i, x) in v.enumerate() {
+        if i > 0 {
+            s.push_str(sep);
+        }
+        let _ = write!(s, "{x:04x}");
+    }
+    s
+}
+
 /// JA3 string: `SSLVersion,Ciphers,Extensions,EllipticCurves,EllipticCurvePointFormats`.
 fn ja3_string(h: &Hello) -> String {
     let ng = |v: &[u16]| join(v.iter().copied().filter(|x| !is_grease(*x)), "-");
@@ -580,7 +593,7 @@ fn ja4(h: &Hello) -> String {
     let b = if ciphers.is_empty() {
         "000000000000".to_string()
     } else {
-        sha256_12(&join(ciphers.iter().map(|c| format!("{c:04x}")), ","))
+        sha256_12(&join_hex(ciphers.iter().copied(), ","))
     };
     let mut sorted: Vec<u16> = exts
         .into_iter()
@@ -590,7 +603,7 @@ fn ja4(h: &Hello) -> String {
     let c = if sorted.is_empty() {
         "000000000000".to_string()
     } else {
-        let mut s = join(sorted.iter().map(|e| format!("{e:04x}")), ",");
+        let mut s = join_hex(sorted.iter().copied(), ",");
         let sigs: Vec<u16> = h
             .sig_algs
             .iter()
@@ -599,7 +612,7 @@ fn ja4(h: &Hello) -> String {
             .collect();
         if !sigs.is_empty() {
             s.push('_');
-            s.push_str(&join(sigs.iter().map(|x| format!("{x:04x}")), ","));
+            s.push_str(&join_hex(sigs.iter().copied(), ","));
         }
         sha256_12(&s)
     };

@@ -170,10 +170,16 @@ fn output_to_a_file_and_a_closed_pipe() {
 
 #[test]
 fn bench_reports_rates() {
-    let o = run(&[
-        "bench",
-        "pcaps/mqtt/nfstream_mqtt_port17501_highrate_coap.pcap",
-    ]);
+    let f = "pcaps/mqtt/nfstream_mqtt_port17501_highrate_coap.pcap";
+    let o = run(&["bench", "--workers", "2", f]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("packets      8516") && s.contains("workers      2"),
+        "{s}"
+    );
+    // Time per stage is measured with one worker.
+    let o = run(&["bench", "--workers", "1", f]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("packets      8516"), "{s}");

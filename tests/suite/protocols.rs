@@ -185,7 +185,7 @@ fn mqtt_two_connects_in_pcapng_and_non_standard_port() {
     assert!(pubs > 3000, "{pubs} publishes");
     // The 35 KB JPEG PUBLISH spread over several segments is one PUBLISH.
     let ev = app_events("mqtt/sv_mqtt5_pub_jpeg_37kB_ipv6.pcap");
-    assert!(ev.iter().any(|(_, e)| matches!(e, ProtoEvent::MqttPublish { topic, payload_len, .. } if topic == "topicX" && *payload_len > 35_000)));
+    assert!(ev.iter().any(|(_, e)| matches!(e, ProtoEvent::MqttPublish { topic, payload_len, .. } if &**topic == "topicX" && *payload_len > 35_000)));
 }
 
 #[test]

@@ -53,6 +53,7 @@ pub fn replay_stats(files: &[PathBuf]) -> ReplayReport {
         bench: false,
         model: None,
         learning: Default::default(),
+        workers: 1,
     };
     app::replay(&Settings::default(), rules, &opts, &AtomicBool::new(false)).expect("replay")
 }

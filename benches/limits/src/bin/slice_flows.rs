@@ -75,7 +75,10 @@ fn main() {
     let t0 = Instant::now();
     let cap = Capture::open_from_args("slice_flows");
     if cap.link_type != 1 {
-        eprintln!("slice_flows: link type {} (only Ethernet, 1)", cap.link_type);
+        eprintln!(
+            "slice_flows: link type {} (only Ethernet, 1)",
+            cap.link_type
+        );
         std::process::exit(2);
     }
     let mut table: hashbrown::HashMap<Key, Counters, foldhash::fast::RandomState> =

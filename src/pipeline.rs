@@ -1,0 +1,398 @@
+//! Multi-worker replay: one reader, N workers sharded by flow hash, one back end.
+//!
+//! The reader walks the inputs and hands each worker, over a bounded crossbeam channel and in
+//! batches, the positions of its frames in the shared memory map (no copy; frames of a stream
+//! are copied once into the batch's buffer). Each worker owns its decoder, flow table and
+//! protocol analyzers; no lock is taken on the packet path. The reader owns the packet-time
+//! clock and sends every worker the same ticks, so flows expire at the same moments whatever
+//! the sharding. The back end merges the workers' events by (packet sequence, flow id) — the
+//! order the single-threaded engine uses — so one worker and N workers give the same alerts.
+
+use crate::app::{
+    read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, ReplayOptions,
+    ReplayReport, Worker,
+};
+use crate::capture::file::CaptureFile;
+use crate::capture::RawFrame;
+use crate::decode::{shard_hash, DecodeCounters};
+use crate::detect::rules::RuleSet;
+use crate::flow::FlowCounters;
+use crate::settings::Settings;
+use crate::time::Timestamp;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Frames per batch sent to a worker.
+const BATCH: usize = 512;
+/// Every this many frames, all workers get a mark so the back end can move on.
+const MARK_EVERY: u64 = 8192;
+
+#[derive(Clone, Copy)]
+enum Item {
+    /// A frame at `start..start+len` of the map (or of the batch's arena).
+    Frame {
+        seq: u64,
+        ts: Timestamp,
+        wire_len: u32,
+        link: u32,
+        start: usize,
+        len: u32,
+        arena: bool,
+    },
+    Tick {
+        seq: u64,
+        ts: Timestamp,
+    },
+    /// Nothing more before `seq` for this worker.
+    Mark {
+        seq: u64,
+    },
+}
+
+struct Batch {
+    map: Option<Arc<memmap2::Mmap>>,
+    arena: Vec<u8>,
+    items: Vec<Item>,
+}
+
+impl Batch {
+    fn new(map: Option<Arc<memmap2::Mmap>>) -> Batch {
+        Batch {
+            map,
+            arena: Vec::new(),
+            items: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+/// A worker's events of one batch: (sequence, order key, event), and how far it got.
+struct Out {
+    worker: usize,
+    events: Vec<(u64, u64, Emitted)>,
+    watermark: u64,
+}
+
+/// What a worker hands back when it ends.
+struct WorkerEnd {
+    decode: DecodeCounters,
+    flow: FlowCounters,
+    flows_active: u64,
+    app_events: u64,
+    now: Timestamp,
+}
+
+/// The reader side: shards frames into per-worker batches.
+struct Reader {
+    senders: Vec<Sender<Batch>>,
+    pending: Vec<Batch>,
+    map: Option<Arc<memmap2::Mmap>>,
+    clock: Clock,
+    seq: u64,
+    first_ts: Option<Timestamp>,
+    packets: Arc<AtomicU64>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn send(&mut self, w: usize) {
+        let fresh = Batch::new(self.map.clone());
+        let b = std::mem::replace(&mut self.pending[w], fresh);
+        if !b.items.is_empty() {
+            // A worker that ended early (panic) closes its channel; nothing to do then.
+            let _ = self.senders[w].send(b);
+        }
+    }
+    fn flush_all(&mut self, mark: Option<u64>) {
+        for w in 0..self.pending.len() {
+            if let Some(seq) = mark {
+                self.pending[w].items.push(Item::Mark { seq });
+            }
+            self.send(w);
+        }
+    }
+}
+
+impl FrameSink for Reader {
+    fn input(&mut self, map: Option<Arc<memmap2::Mmap>>) {
+        // Batches never mix inputs.
+        self.flush_all(None);
+        self.map = map;
+        for b in &mut self.pending {
+            b.map = self.map.clone();
+        }
+    }
+
+    fn frame(&mut self, f: &RawFrame<'_>) {
+        self.seq += 1;
+        if self.first_ts.is_none() {
+            self.first_ts = Some(f.ts);
+        }
+        if self.clock.due(f.ts) {
+            let seq = 2 * self.seq;
+            for b in &mut self.pending {
+                b.items.push(Item::Tick { seq, ts: f.ts });
+            }
+            self.flush_all(None);
+        }
+        let w = (shard_hash(f.link, f.bytes) % self.senders.len() as u64) as usize;
+        let seq = 2 * self.seq + 1;
+        let item = match self.map.as_ref() {
+            Some(m) => Item::Frame {
+                seq,
+                ts: f.ts,
+                wire_len: f.wire_len,
+                link: f.link,
+                start: (f.bytes.as_ptr() as usize).saturating_sub(m.as_ptr() as usize),
+                len: f.bytes.len() as u32,
+                arena: false,
+            },
+            None => {
+                let b = &mut self.pending[w];
+                let start = b.arena.len();
+                b.arena.extend_from_slice(f.bytes);
+                Item::Frame {
+                    seq,
+                    ts: f.ts,
+                    wire_len: f.wire_len,
+                    link: f.link,
+                    start,
+                    len: f.bytes.len() as u32,
+                    arena: true,
+                }
+            }
+        };
+        self.pending[w].items.push(item);
+        if self.pending[w].items.len() >= BATCH {
+            self.send(w);
+        }
+        if self.seq.is_multiple_of(MARK_EVERY) {
+            self.flush_all(Some(seq));
+        }
+        self.packets.store(self.seq, Ordering::Relaxed);
+    }
+
+    fn packets(&self) -> u64 {
+        self.packets.load(Ordering::Relaxed)
+    }
+
+    fn output_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Out>) -> WorkerEnd {
+    let mut w = Worker::new(settings);
+    let mut ev: Vec<Emitted> = Vec::with_capacity(64);
+    for batch in rx {
+        let mut out = Vec::new();
+        let mut watermark = 0;
+        for item in &batch.items {
+            let seq = match *item {
+                Item::Frame {
+                    seq,
+                    ts,
+                    wire_len,
+                    link,
+                    start,
+                    len,
+                    arena,
+                } => {
+                    let data: &[u8] = if arena {
+                        &batch.arena
+                    } else {
+                        batch.map.as_deref().map_or(&[][..], |m| &m[..])
+                    };
+                    let bytes = data.get(start..start + len as usize).unwrap_or(&[]);
+                    w.frame(
+                        &RawFrame {
+                            ts,
+                            wire_len,
+                            link,
+                            bytes,
+                        },
+                        &mut ev,
+                    );
+                    seq
+                }
+                Item::Tick { seq, ts } => {
+                    w.tick(ts, &mut ev);
+                    seq
+                }
+                Item::Mark { seq } => seq,
+            };
+            watermark = seq;
+            if ev.len() > 1 {
+                ev.sort_by_key(Emitted::order_key);
+            }
+            out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
+        }
+        if tx
+            .send(Out {
+                worker: id,
+                events: out,
+                watermark,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    w.finish(&mut ev);
+    ev.sort_by_key(Emitted::order_key);
+    let _ = tx.send(Out {
+        worker: id,
+        events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),
+        watermark: u64::MAX,
+    });
+    WorkerEnd {
+        decode: w.decoder.counters.clone(),
+        flow: w.flows.counters,
+        flows_active: w.flows.len() as u64,
+        app_events: w.app_events,
+        now: w.now(),
+    }
+}
+
+/// Merges the workers' events in (sequence, flow id) order as far as every worker has got.
+struct Merger {
+    queues: Vec<VecDeque<(u64, u64, Emitted)>>,
+    watermark: Vec<u64>,
+}
+
+impl Merger {
+    fn pump(&mut self, back: &mut Back) {
+        loop {
+            let Some((w, seq)) = self
+                .queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, q)| q.front().map(|(s, k, _)| (i, (*s, *k))))
+                .min_by_key(|(_, key)| *key)
+                .map(|(i, (s, _))| (i, s))
+            else {
+                return;
+            };
+            let safe = self
+                .queues
+                .iter()
+                .zip(&self.watermark)
+                .all(|(q, &wm)| !q.is_empty() || wm >= seq);
+            if !safe {
+                return;
+            }
+            if let Some((_, _, e)) = self.queues[w].pop_front() {
+                back.consume(&e);
+            }
+        }
+    }
+}
+
+/// Replays `files` with `opts.workers` workers.
+pub fn replay_parallel(
+    settings: &Settings,
+    rules: RuleSet,
+    opts: &ReplayOptions,
+    files: Vec<CaptureFile>,
+    stop: &AtomicBool,
+) -> Result<ReplayReport, AppError> {
+    let n = opts.workers.max(1);
+    let mut back = Back::new(
+        settings,
+        rules,
+        &opts.output,
+        opts.model.clone(),
+        opts.learning,
+    )?;
+    let started = Instant::now();
+    let closed = Arc::new(AtomicBool::new(false));
+    let (out_tx, out_rx) = bounded::<Out>(4 * n);
+    let mut senders = Vec::with_capacity(n);
+    let mut receivers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = bounded::<Batch>(8);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let (input, ends, back, first_ts) = std::thread::scope(|scope| {
+        let workers: Vec<_> = receivers
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| {
+                let tx = out_tx.clone();
+                scope.spawn(move || run_worker(id, settings, rx, tx))
+            })
+            .collect();
+        drop(out_tx);
+        let closed_b = Arc::clone(&closed);
+        let back_thread = scope.spawn(move || {
+            let mut m = Merger {
+                queues: (0..n).map(|_| VecDeque::new()).collect(),
+                watermark: vec![0; n],
+            };
+            for o in out_rx {
+                m.watermark[o.worker] = o.watermark;
+                m.queues[o.worker].extend(o.events);
+                m.pump(&mut back);
+                if back.writer.closed {
+                    closed_b.store(true, Ordering::Relaxed);
+                }
+            }
+            m.watermark.iter_mut().for_each(|w| *w = u64::MAX);
+            m.pump(&mut back);
+            back
+        });
+        let mut reader = Reader {
+            pending: (0..n).map(|_| Batch::new(None)).collect(),
+            senders,
+            map: None,
+            clock: Clock::default(),
+            seq: 0,
+            first_ts: None,
+            packets: Arc::new(AtomicU64::new(0)),
+            closed: Arc::clone(&closed),
+        };
+        let input = read_inputs(files, &mut reader, opts.progress && !opts.quiet, stop);
+        reader.flush_all(None);
+        let first_ts = reader.first_ts;
+        drop(reader);
+        let ends: Vec<WorkerEnd> = workers.into_iter().filter_map(|h| h.join().ok()).collect();
+        let back = back_thread.join();
+        (input, ends, back, first_ts)
+    });
+    let Ok(mut back) = back else {
+        return Err(AppError::Runtime("the analysis thread failed".into()));
+    };
+    if ends.len() != n {
+        return Err(AppError::Runtime("a worker thread failed".into()));
+    }
+    back.finish_detectors();
+    let mut decode = DecodeCounters::default();
+    let mut flow = FlowCounters::default();
+    let (mut active, mut app, mut now) = (0, 0, Timestamp::ZERO);
+    for e in &ends {
+        decode.merge(&e.decode);
+        flow.merge(&e.flow);
+        active += e.flows_active;
+        app += e.app_events;
+        now = now.max(e.now);
+    }
+    back.stats.capture = input.capture;
+    back.stats.truncated_inputs = input.truncated;
+    back.write_stats(now, first_ts, &decode, &flow, active, app);
+    back.close()?;
+    let wall = started.elapsed();
+    report_end(opts, &back, wall);
+    Ok(ReplayReport {
+        outcome: input.outcome,
+        stats: back.stats.clone(),
+        wall,
+        times: None,
+        first_ts,
+        last_ts: now,
+        workers: n,
+        analysis: back.analysis,
+    })
+}
