@@ -112,9 +112,28 @@ impl Clock {
     }
 }
 
+/// Orders the events of one packet (or tick) by flow id, keeping each flow's own order, so that
+/// the order does not depend on how flows are sharded over workers. Sorts small keys and moves
+/// each event once (events are large).
+pub fn order_events(v: &mut Vec<Emitted>) {
+    if v.len() < 2 || v.is_sorted_by_key(Emitted::order_key) {
+        return;
+    }
+    let mut keys: Vec<(u64, u32)> = v
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.order_key(), i as u32))
+        .collect();
+    keys.sort_unstable();
+    let mut slots: Vec<Option<Emitted>> = v.drain(..).map(Some).collect();
+    v.extend(
+        keys.iter()
+            .filter_map(|&(_, i)| slots.get_mut(i as usize).and_then(Option::take)),
+    );
+}
+
 impl Emitted {
-    /// Events of one packet (or tick) are handed on ordered by flow id (stable within a flow),
-    /// so that the order does not depend on how flows are sharded over workers.
+    /// The key of [`order_events`]: the flow id (0 for packets outside flows).
     pub fn order_key(&self) -> u64 {
         match self {
             Emitted::Started(m) => m.id.0,
@@ -413,9 +432,7 @@ impl Engine {
 
     fn write_emitted(&mut self) {
         let t0 = self.worker.timing.map(|_| Instant::now());
-        if self.emitted.len() > 1 {
-            self.emitted.sort_by_key(Emitted::order_key);
-        }
+        order_events(&mut self.emitted);
         for e in self.emitted.drain(..) {
             self.back.consume(&e);
         }

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod decode;
 pub mod detect;
 pub mod device;
+pub mod fast;
 pub mod flow;
 pub mod pipeline;
 pub mod proto;

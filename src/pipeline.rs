@@ -9,8 +9,8 @@
 //! order the single-threaded engine uses — so one worker and N workers give the same alerts.
 
 use crate::app::{
-    read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, ReplayOptions,
-    ReplayReport, Worker,
+    order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink,
+    ReplayOptions, ReplayReport, Worker,
 };
 use crate::capture::file::CaptureFile;
 use crate::capture::RawFrame;
@@ -224,9 +224,7 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
                 Item::Mark { seq } => seq,
             };
             watermark = seq;
-            if ev.len() > 1 {
-                ev.sort_by_key(Emitted::order_key);
-            }
+            order_events(&mut ev);
             out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
         }
         if tx
@@ -241,7 +239,7 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
         }
     }
     w.finish(&mut ev);
-    ev.sort_by_key(Emitted::order_key);
+    order_events(&mut ev);
     let _ = tx.send(Out {
         worker: id,
         events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),

@@ -20,12 +20,13 @@ use super::rules::{RuleError, RuleSet};
 use super::scan::ScanDetector;
 use super::{Finding, Kind};
 use crate::app::Emitted;
+use crate::fast::{HashMap, HashSet};
 use crate::flow::{Endpoint, FlowId, FlowMeta, FlowRecord};
 use crate::proto::smb::SmbEvent;
 use crate::settings::Settings;
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 #[derive(Deserialize, Clone, Debug)]
@@ -293,7 +294,7 @@ impl LateralDetector {
             Some(r) => r.params()?,
             None => LateralParams::default(),
         };
-        let mut admin = HashMap::new();
+        let mut admin = HashMap::default();
         for (name, ports) in &p.admin_services {
             for port in ports {
                 admin.insert(*port, name.clone());
@@ -314,10 +315,10 @@ impl LateralDetector {
             p,
             st: settings.clone(),
             admin,
-            peers: [HashSet::new(), HashSet::new()],
-            admin_peers: [HashSet::new(), HashSet::new()],
-            flows: HashMap::new(),
-            pairs: HashMap::new(),
+            peers: [HashSet::default(), HashSet::default()],
+            admin_peers: [HashSet::default(), HashSet::default()],
+            flows: HashMap::default(),
+            pairs: HashMap::default(),
             start: None,
             now: Timestamp::ZERO,
             last_sweep: Timestamp::ZERO,
@@ -654,7 +655,7 @@ impl LateralDetector {
                 port: p
                     .ports
                     .iter()
-                    .find(|x| self.admin.get(x) == Some(&main))
+                    .find(|x| self.admin.get(*x) == Some(&main))
                     .or(p.ports.iter().next())
                     .copied()
                     .unwrap_or(0),

@@ -5,11 +5,12 @@
 
 use super::rules::{Rule, RuleError, RuleSet};
 use super::{Finding, Kind};
+use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -254,7 +255,7 @@ impl ProtocolDetector {
     pub fn new(rules: &RuleSet, reveal: bool) -> Result<Self, RuleError> {
         let mut d = ProtocolDetector {
             reveal,
-            defaults: HashSet::new(),
+            defaults: HashSet::default(),
             default_lists: Vec::new(),
             brute: BruteParams {
                 failures: d_failures(),
@@ -263,10 +264,10 @@ impl ProtocolDetector {
                 spray_usernames: d_spray(),
                 ssh_connections: d_ssh_conns(),
             },
-            episodes: HashMap::new(),
-            ssh: HashMap::new(),
+            episodes: HashMap::default(),
+            ssh: HashMap::default(),
             acl: None,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             last_sweep: Timestamp::ZERO,
             evicted: 0,
         };

@@ -28,12 +28,13 @@ use super::rules::{RuleError, RuleSet};
 use super::{Finding, Kind};
 use crate::app::Emitted;
 use crate::decode::{Net, PacketSummary, TcpFlags, Transport};
+use crate::fast::{HashMap, HashSet};
 use crate::flow::{Endpoint, FlowRecord};
 use crate::settings::Settings;
 use crate::time::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 #[derive(Deserialize, Clone, Debug)]
@@ -313,6 +314,8 @@ pub struct ScanRef {
     pub targets: u64,
     pub ports: u64,
     pub identifier: String,
+    /// When the episode was opened (names it).
+    pub opened: Timestamp,
 }
 
 impl ScanRef {
@@ -365,18 +368,21 @@ struct Source {
     /// Packet time the episode was opened: names it for suppression (`first` may move earlier
     /// when older flows' records arrive).
     opened: Timestamp,
+    /// The most ports probed on one target (kept as targets grow).
+    max_ports: u32,
 }
 
 impl Source {
     fn new(ts: Timestamp, now: Timestamp) -> Source {
         Source {
             opened: ts,
+            max_ports: 0,
             llr: 0.0,
             declared: None,
-            contacts: HashSet::new(),
+            contacts: HashSet::default(),
             untracked: 0,
-            targets: HashMap::new(),
-            ports: HashMap::new(),
+            targets: HashMap::default(),
+            ports: HashMap::default(),
             first: ts,
             last: ts,
             active: now,
@@ -440,9 +446,9 @@ impl ScanDetector {
             p,
             trw,
             home: settings.clone(),
-            sources: HashMap::new(),
-            pending: HashMap::new(),
-            recent: HashMap::new(),
+            sources: HashMap::default(),
+            pending: HashMap::default(),
+            recent: HashMap::default(),
             now: Timestamp::ZERO,
             last_sweep: Timestamp::ZERO,
             enabled,
@@ -681,6 +687,7 @@ impl ScanDetector {
         }
         if matches!(class, Class::Tcp | Class::Udp) {
             t.ports += 1;
+            s.max_ports = s.max_ports.max(t.ports);
             *s.ports.entry(port).or_insert(0) += 1;
         }
         if mirai_port && !t.mirai {
@@ -738,15 +745,30 @@ impl ScanDetector {
             self.evicted += self.recent.len() as u64;
             self.recent.clear();
         }
-        let r = ScanRef {
-            kind,
-            first: s.first,
-            last: s.last,
-            targets: s.targets.len() as u64,
-            ports: s.ports.len() as u64,
-            identifier: identifier(src, s),
-        };
-        self.recent.insert(src, r);
+        let (first, last) = (s.first, s.last);
+        let (targets, ports) = (s.targets.len() as u64, s.ports.len() as u64);
+        match self.recent.get_mut(&src) {
+            // The same episode: update in place (no new identifier string per probe).
+            Some(r) if r.opened == s.opened => {
+                r.kind = kind;
+                r.first = first;
+                r.last = last;
+                r.targets = targets;
+                r.ports = ports;
+            }
+            _ => {
+                let r = ScanRef {
+                    kind,
+                    first,
+                    last,
+                    targets,
+                    ports,
+                    identifier: identifier(src, s),
+                    opened: s.opened,
+                };
+                self.recent.insert(src, r);
+            }
+        }
     }
 
     /// Port scan, host scan, or nothing (not declared, or too small).
@@ -755,7 +777,7 @@ impl ScanDetector {
         let p = &self.p;
         let c = &s.targets_by_class;
         let ip_targets = c[Class::Tcp as usize].max(c[Class::Udp as usize]);
-        let max_ports = s.targets.values().map(|t| t.ports).max().unwrap_or(0);
+        let max_ports = s.max_ports;
         let many_hosts = ip_targets >= p.min_targets
             || c[Class::Arp as usize] >= p.arp_min_targets
             || c[Class::Icmp as usize] >= p.icmp_min_targets;
@@ -782,7 +804,7 @@ impl ScanDetector {
         let ip_targets = c[Class::Tcp as usize].max(c[Class::Udp as usize]);
         let many_hosts =
             ip_targets >= p.min_targets || c[Class::Icmp as usize] >= p.icmp_min_targets;
-        let max_ports = s.targets.values().map(|t| t.ports).max().unwrap_or(0);
+        let max_ports = s.max_ports;
         let other = match kind {
             Kind::HostScan if max_ports >= p.min_ports.max(20) => Some(Kind::PortScan),
             Kind::PortScan if many_hosts => Some(Kind::HostScan),

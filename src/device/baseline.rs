@@ -7,8 +7,9 @@
 //! present during learning would otherwise teach the sensor that the attack is normal).
 
 use super::{DeviceId, DeviceProfile, WindowVector, N_FEATURES};
+use crate::fast::HashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// Windows kept per device while learning (a week of minutes); later ones are sampled.
@@ -176,7 +177,7 @@ impl Learner {
         devices.sort_by(|a, b| a.device.cmp(&b.device));
         let mut b = Baselines {
             devices,
-            index: HashMap::new(),
+            index: HashMap::default(),
         };
         b.reindex();
         b

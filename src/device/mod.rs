@@ -14,12 +14,13 @@ pub mod baseline;
 
 use crate::app::Emitted;
 use crate::decode::{fmt_mac, Mac, Net};
+use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowMeta};
 use crate::proto::{AppProto, ProtoEvent};
 use crate::settings::{DeviceConfig, Settings};
 use crate::time::Timestamp;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 /// Version of the window feature list. Bump it when [`FEATURES`] changes: models record it
@@ -222,9 +223,9 @@ impl Devices {
         Devices {
             cfg: settings.device.clone(),
             home: settings.home_net.clone(),
-            profiles: HashMap::new(),
-            mac_ips: HashMap::new(),
-            routers: HashSet::new(),
+            profiles: HashMap::default(),
+            mac_ips: HashMap::default(),
+            routers: HashSet::default(),
             windows: Default::default(),
             first_window: Timestamp::ZERO,
             counters: DeviceCounters::default(),
