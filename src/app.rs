@@ -760,11 +760,12 @@ fn sha256_file(p: &Path) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Replays captures with every window gathered (no detection output).
-pub fn collect(
+/// Replays captures on one worker with the output discarded (for `train` and `inventory`).
+fn quiet_replay(
     settings: &Settings,
     rules: RuleSet,
     files: &[PathBuf],
+    learning: Learning,
     stop: &AtomicBool,
 ) -> Result<ReplayReport, AppError> {
     let opts = ReplayOptions {
@@ -777,11 +778,20 @@ pub fn collect(
         quiet: true,
         bench: false,
         model: None,
-        learning: Learning::Collect,
+        learning,
         workers: 1,
     };
-    let r = replay(settings, rules, &opts, stop)?;
-    Ok(r)
+    replay(settings, rules, &opts, stop)
+}
+
+/// Replays captures with every window gathered (no detection output).
+pub fn collect(
+    settings: &Settings,
+    rules: RuleSet,
+    files: &[PathBuf],
+    stop: &AtomicBool,
+) -> Result<ReplayReport, AppError> {
+    quiet_replay(settings, rules, files, Learning::Collect, stop)
 }
 
 /// `tapwatch train`.
@@ -895,20 +905,7 @@ pub fn inventory(
     json: bool,
     stop: &AtomicBool,
 ) -> Result<Outcome, AppError> {
-    let opts = ReplayOptions {
-        inputs: files.to_vec(),
-        output: OutputOptions {
-            discard: true,
-            ..Default::default()
-        },
-        progress: true,
-        quiet: true,
-        bench: false,
-        model: None,
-        learning: Learning::Frozen,
-        workers: 1,
-    };
-    let r = replay(settings, rules, &opts, stop)?;
+    let r = quiet_replay(settings, rules, files, Learning::Frozen, stop)?;
     let mut out = std::io::stdout().lock();
     let devs = r.analysis.devices.inventory();
     let res = if json {

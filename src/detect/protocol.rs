@@ -573,30 +573,17 @@ impl ProtocolDetector {
                     outcome.as_str()
                 ),
             };
+            // The same evidence, for a pair that is a known default credential.
+            let default = self
+                .defaults
+                .contains(&(username.to_string(), pw.to_vec()))
+                .then(|| {
+                    let mut d = f.clone().with("lists", self.default_lists.clone());
+                    d.kind = Kind::DefaultCredentials;
+                    d
+                });
             out.push(f);
-            if self.defaults.contains(&(username.to_string(), pw.to_vec())) {
-                let mut f = Finding::for_flow(ts, Kind::DefaultCredentials, meta, Some(app_s))
-                    .with("username", username)
-                    .with("password", self.secret(pw))
-                    .with("password_length", pw.len())
-                    .with("method", method)
-                    .with("outcome", outcome.as_str())
-                    .with("lists", self.default_lists.clone());
-                f.identifier = match outcome {
-                    Outcome::Accepted => format!(
-                        "{}|{}|{}|{}|accepted",
-                        meta.initiator.ip, meta.responder.ip, meta.responder.port, username
-                    ),
-                    _ => format!(
-                        "{}|{}|{}|{}",
-                        meta.initiator.ip,
-                        meta.responder.ip,
-                        meta.responder.port,
-                        outcome.as_str()
-                    ),
-                };
-                out.push(f);
-            }
+            out.extend(default);
         }
         // Brute force: failures per source and service.
         let key = (meta.initiator.ip, meta.responder.ip, meta.responder.port);
