@@ -306,6 +306,21 @@ impl Back {
         })
     }
 
+    /// The back end of a replay.
+    pub fn for_replay(
+        settings: &Settings,
+        rules: RuleSet,
+        opts: &ReplayOptions,
+    ) -> Result<Self, AppError> {
+        Back::new(
+            settings,
+            rules,
+            &opts.output,
+            opts.model.clone(),
+            opts.learning,
+        )
+    }
+
     /// One worker event: analysis, then alerts and the events to write.
     pub fn consume(&mut self, e: &Emitted) {
         self.analysis
@@ -646,13 +661,15 @@ pub fn replay(
     if opts.workers > 1 {
         return crate::pipeline::replay_parallel(settings, rules, opts, files, stop);
     }
-    let mut engine = Engine::new(
-        settings,
-        rules,
-        &opts.output,
-        opts.model.clone(),
-        opts.learning,
-    )?;
+    let mut engine = Engine {
+        worker: Worker::new(settings),
+        back: Back::for_replay(settings, rules, opts)?,
+        emitted: Vec::with_capacity(64),
+        stats_interval: 0,
+        next_stats: None,
+        first_ts: None,
+        clock: Clock::default(),
+    };
     if opts.bench {
         engine.worker.timing = Some(StageTimes::default());
     }

@@ -297,13 +297,7 @@ pub fn replay_parallel(
     stop: &AtomicBool,
 ) -> Result<ReplayReport, AppError> {
     let n = opts.workers.max(1);
-    let mut back = Back::new(
-        settings,
-        rules,
-        &opts.output,
-        opts.model.clone(),
-        opts.learning,
-    )?;
+    let mut back = Back::for_replay(settings, rules, opts)?;
     let started = Instant::now();
     let closed = Arc::new(AtomicBool::new(false));
     let (out_tx, out_rx) = bounded::<Out>(4 * n);

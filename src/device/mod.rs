@@ -373,7 +373,6 @@ impl Devices {
                     "ip"
                 };
                 if let Some(a) = a {
-                    let cap = self.cfg.max_peers;
                     if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out)
                     {
                         if m.proto == 6 || m.proto == 17 {
@@ -388,7 +387,6 @@ impl Devices {
                     }
                     s.peers.insert(m.responder.ip);
                     s.out_peers.insert(m.responder.ip);
-                    let _ = cap;
                 }
                 // A responder is a device only once it answers (a scan's targets that do not
                 // exist are not devices); flows towards a known device count as its flows_in.
