@@ -3,7 +3,7 @@
 
 use crate::alert::{flow_event, Alerter, EveWriter};
 use crate::analysis::{Analysis, Learning};
-use crate::capture::file::{CaptureError, CaptureFile, Next};
+use crate::capture::file::{CaptureError, Next};
 use crate::capture::RawFrame;
 use crate::decode::{self, Decoded, Decoder};
 use crate::decode::{Net, PacketSummary};
@@ -99,6 +99,8 @@ pub struct Worker {
     pub flows: FlowTable<Analyzer>,
     events: Vec<FlowEvent<ProtoEvent>>,
     pub app_events: u64,
+    /// Protocol anomalies by name (`mqtt.oversized_packet`...), before alert suppression.
+    pub anomalies: std::collections::BTreeMap<&'static str, u64>,
     pub timing: Option<StageTimes>,
 }
 
@@ -109,6 +111,7 @@ impl Worker {
             flows: FlowTable::new(settings.flow),
             events: Vec::with_capacity(64),
             app_events: 0,
+            anomalies: Default::default(),
             timing: None,
         }
     }
@@ -151,6 +154,9 @@ impl Worker {
                     event,
                 } => {
                     self.app_events += 1;
+                    if let ProtoEvent::Anomaly { name, .. } = &event {
+                        *self.anomalies.entry(*name).or_default() += 1;
+                    }
                     Emitted::App {
                         meta,
                         ts,
@@ -195,6 +201,8 @@ pub struct OutputOptions {
     pub flows: bool,
     /// Discard all output (bench).
     pub discard: bool,
+    /// Rotation of the output file (`path` only).
+    pub rotation: crate::alert::Rotation,
 }
 
 /// The single-threaded engine: a worker plus the writer.
@@ -221,19 +229,13 @@ impl Engine {
         model: Option<Model>,
         learning: Learning,
     ) -> Result<Self, AppError> {
-        let (sink, target): (Box<dyn Write + Send>, String) = if out.discard {
-            (Box::new(std::io::sink()), "(discarded)".into())
+        let writer = if out.discard {
+            EveWriter::new(Box::new(std::io::sink()), "(discarded)")
         } else {
             match &out.path {
-                Some(p) => {
-                    let f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(p)
-                        .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?;
-                    (Box::new(f), p.display().to_string())
-                }
-                None => (Box::new(std::io::stdout()), "standard output".into()),
+                Some(p) => EveWriter::to_file(p, out.rotation)
+                    .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?,
+                None => EveWriter::new(Box::new(std::io::stdout()), "standard output"),
             }
         };
         Ok(Engine {
@@ -242,7 +244,7 @@ impl Engine {
             findings: Vec::with_capacity(16),
             new_devices: Vec::new(),
             alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
-            writer: EveWriter::new(sink, &target),
+            writer,
             emit_flows: out.flows,
             emitted: Vec::with_capacity(64),
             stats_interval: 0,
@@ -322,6 +324,7 @@ impl Engine {
         self.stats.alerts = self.alerter.counters.clone();
         self.stats.alerts_suppressed = self.alerter.suppressed();
         self.stats.app_events = self.worker.app_events;
+        self.stats.app_anomalies = self.worker.anomalies.clone();
     }
 
     pub fn write_stats(&mut self, now: Timestamp) {
@@ -432,7 +435,7 @@ pub fn replay(
     // Open everything first: a bad input is reported before any output is written.
     let mut files = Vec::with_capacity(opts.inputs.len());
     for p in &opts.inputs {
-        files.push(CaptureFile::open(p)?);
+        files.push(crate::capture::stream::open_input(p)?);
     }
     let mut engine = Engine::new(
         settings,
@@ -454,12 +457,12 @@ pub fn replay(
         let mut n: u64 = 0;
         loop {
             n += 1;
+            if n.is_multiple_of(64) && stop.load(Ordering::Relaxed) {
+                outcome = Outcome::Interrupted;
+                capture_add(&mut capture, &f.counters);
+                break 'files;
+            }
             if n.is_multiple_of(4096) {
-                if stop.load(Ordering::Relaxed) {
-                    outcome = Outcome::Interrupted;
-                    capture_add(&mut capture, &f.counters);
-                    break 'files;
-                }
                 progress.tick(
                     f.path(),
                     f.counters.file_bytes,
@@ -482,6 +485,19 @@ pub fn replay(
                     );
                     truncated.push((f.path().to_string(), offset));
                     break;
+                }
+                Err(e) if crate::capture::stream::is_idle(&e) => {
+                    // A pipe with nothing to read for now: honour a stop, show what we have.
+                    if stop.load(Ordering::Relaxed) {
+                        outcome = Outcome::Interrupted;
+                        capture_add(&mut capture, &f.counters);
+                        break 'files;
+                    }
+                    engine.writer.flush();
+                    if engine.writer.closed {
+                        capture_add(&mut capture, &f.counters);
+                        break 'files;
+                    }
                 }
                 Err(e) => {
                     // Corrupt structure mid-file: report, keep what was processed, go on with the

@@ -20,6 +20,7 @@ pub mod decode;
 pub mod detect;
 pub mod device;
 pub mod flow;
+pub mod privilege;
 pub mod proto;
 pub mod settings;
 pub mod stats;

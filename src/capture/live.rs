@@ -18,6 +18,8 @@ pub struct LiveOptions {
     pub promisc: bool,
     pub model: Option<crate::detect::learned::Model>,
     pub learning: crate::analysis::Learning,
+    /// Switch to this user once the capture and the output are open (`--user`).
+    pub user: Option<String>,
 }
 
 fn err(iface: &str, e: pcap::Error) -> AppError {
@@ -85,6 +87,21 @@ fn capture_loop(
 ) -> Result<Outcome, AppError> {
     let mut engine = Engine::new(settings, rules, out, opts.model.clone(), opts.learning)?;
     engine.set_stats_interval(settings.stats_interval_secs);
+    // The capture and the output file are open: nothing privileged is left to do.
+    use crate::privilege::{drop_privileges, Dropped};
+    match drop_privileges(opts.user.as_deref()).map_err(AppError::Usage)? {
+        Dropped::StillRoot if !quiet => eprintln!(
+            "tapwatch: capturing on {iface} as root; --user NAME (or capabilities) drops root once the capture is open"
+        ),
+        Dropped::User { name, uid, .. } if !quiet => {
+            eprintln!("tapwatch: capturing on {iface} as user {name} (uid {uid}), no capabilities")
+        }
+        Dropped::Capabilities(c) if !quiet => eprintln!(
+            "tapwatch: capturing on {iface}; dropped capabilities {}",
+            c.join(",")
+        ),
+        _ => {}
+    }
     let started = std::time::Instant::now();
     let mut outcome = Outcome::Done;
     let mut frames: u64 = 0;
