@@ -105,6 +105,9 @@ fn capture_loop(
     let started = std::time::Instant::now();
     let mut outcome = Outcome::Done;
     let mut frames: u64 = 0;
+    // Alerts reach the output within a second (and at once when the link is idle), so a crash or
+    // a kill -9 loses at most that much.
+    let mut last_flush = std::time::Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             outcome = Outcome::Interrupted;
@@ -127,6 +130,10 @@ fn capture_loop(
                     bytes: p.data,
                 };
                 engine.frame(&frame);
+                if frames.is_multiple_of(16) && last_flush.elapsed().as_secs() >= 1 {
+                    engine.writer.flush();
+                    last_flush = std::time::Instant::now();
+                }
                 if frames.is_multiple_of(1024) {
                     if let Ok(st) = cap.stats() {
                         engine.stats.capture.kernel_received = u64::from(st.received);
@@ -135,7 +142,11 @@ fn capture_loop(
                     }
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => continue,
+            Err(pcap::Error::TimeoutExpired) => {
+                engine.writer.flush();
+                last_flush = std::time::Instant::now();
+                continue;
+            }
             Err(pcap::Error::NoMorePackets) => {
                 if stop.load(Ordering::Relaxed) {
                     outcome = Outcome::Interrupted;

@@ -393,9 +393,9 @@ impl Decoder {
         if payload.fragmented {
             let first = match &sp.net {
                 Some(LaxNetSlice::Ipv4(v4)) => v4.header().fragments_offset().value() == 0,
-                Some(LaxNetSlice::Ipv6(v6)) => v6.extensions().clone().into_iter().all(|e| {
-                    !matches!(e, etherparse::Ipv6ExtensionSlice::Fragment(f) if f.fragment_offset().value() != 0)
-                }),
+                Some(LaxNetSlice::Ipv6(v6)) => {
+                    ipv6_first_fragment(v6.header().next_header().0, v6.extensions().slice())
+                }
                 _ => false,
             };
             if !first {
@@ -514,6 +514,48 @@ impl Decoder {
     }
 }
 
+/// False when the IPv6 extension headers hold a fragment header with a non-zero offset. Walks
+/// the raw bytes with bounds checks: etherparse's extension iterator trusts the slice a lax
+/// parse returns and reads past its end when the chain is cut (found by the `capture_pcap`
+/// fuzz target: a heap-buffer-overflow read in `Ipv6RawExtHeaderSlice::from_slice_unchecked`).
+fn ipv6_first_fragment(first_next: u8, mut ext: &[u8]) -> bool {
+    let mut next = first_next;
+    loop {
+        let len = match next {
+            // Hop-by-hop, routing, destination options: 8-byte units after the first 8.
+            0 | 43 | 60 => match ext.get(1) {
+                Some(&l) => (usize::from(l) + 1) * 8,
+                None => return true,
+            },
+            // Fragment: fixed 8 bytes, offset in the upper 13 bits of bytes 2..4.
+            44 => {
+                let Some(&[_, _, hi, lo]) = ext.get(..4).and_then(|b| <&[u8; 4]>::try_from(b).ok())
+                else {
+                    return true;
+                };
+                if u16::from_be_bytes([hi, lo]) >> 3 != 0 {
+                    return false;
+                }
+                8
+            }
+            // Authentication header: 4-byte units after the first 8.
+            51 => match ext.get(1) {
+                Some(&l) => (usize::from(l) + 2) * 4,
+                None => return true,
+            },
+            _ => return true,
+        };
+        let Some(&nh) = ext.first() else {
+            return true;
+        };
+        let Some(rest) = ext.get(len..) else {
+            return true;
+        };
+        next = nh;
+        ext = rest;
+    }
+}
+
 /// The payload bytes of a decoded packet inside its frame.
 pub fn payload<'a>(frame: &RawFrame<'a>, p: &PacketSummary) -> &'a [u8] {
     let start = p.payload_off as usize;
@@ -521,4 +563,47 @@ pub fn payload<'a>(frame: &RawFrame<'a>, p: &PacketSummary) -> &'a [u8] {
         .bytes
         .get(start..start.saturating_add(p.payload_len as usize))
         .unwrap_or(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_extension_chains_are_read_within_bounds() {
+        // Nothing, or a chain cut anywhere: taken as a first fragment, never read past the end.
+        assert!(ipv6_first_fragment(44, &[]));
+        assert!(ipv6_first_fragment(44, &[6, 0, 0]));
+        assert!(ipv6_first_fragment(0, &[44]));
+        assert!(ipv6_first_fragment(0, &[44, 255, 0, 0, 0, 0, 0, 0]));
+        // Fragment headers: offset 0 is the first fragment, any other offset is not.
+        assert!(ipv6_first_fragment(44, &[6, 0, 0x00, 0x01, 0, 0, 0, 1]));
+        assert!(!ipv6_first_fragment(44, &[6, 0, 0x00, 0x08, 0, 0, 0, 1]));
+        // Behind a hop-by-hop header.
+        let mut chain = vec![44, 0, 1, 4, 0, 0, 0, 0];
+        chain.extend_from_slice(&[17, 0, 0x05, 0xa8, 0, 0, 0, 9]);
+        assert!(!ipv6_first_fragment(0, &chain));
+        // Authentication header (4-byte units).
+        let mut chain = vec![44, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        chain.extend_from_slice(&[6, 0, 0x00, 0x10, 0, 0, 0, 9]);
+        assert!(!ipv6_first_fragment(51, &chain));
+    }
+
+    #[test]
+    fn fuzz_found_ipv6_frame_with_a_cut_extension_chain() {
+        // BSD loopback, AF_INET6 (30), fragment header chain cut short (tests/fuzz/regressions).
+        let hex = "1e00000060322d6374722c617263666f75723235365d617263666f75723132382c6165733132382d636263332c640003005829010000000000580000001e00000000fb00ce0bf860e37a03626c6f77666b73a10200041500";
+        let bytes: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        let frame = RawFrame {
+            ts: crate::time::Timestamp::ZERO,
+            wire_len: bytes.len() as u32,
+            link: crate::capture::linktype::NULL,
+            bytes: &bytes,
+        };
+        let mut d = Decoder::new();
+        let _ = d.decode(&frame);
+        assert_eq!(d.counters.packets + d.counters.skipped_total(), 1);
+    }
 }
