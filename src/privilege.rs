@@ -79,6 +79,11 @@ fn clear_capabilities() -> Result<Dropped, String> {
             v
         })
         .unwrap_or_default();
+    if held.is_empty() {
+        // Nothing to give up (ambient and effective are subsets of permitted); also where
+        // capability calls are filtered out (some containers).
+        return Ok(Dropped::Nothing);
+    }
     // Ambient first (it must stay a subset of permitted and inheritable), then the rest.
     for set in [
         CapSet::Ambient,
@@ -88,9 +93,5 @@ fn clear_capabilities() -> Result<Dropped, String> {
     ] {
         caps::clear(None, set).map_err(|e| format!("dropping capabilities: {e}"))?;
     }
-    Ok(if held.is_empty() {
-        Dropped::Nothing
-    } else {
-        Dropped::Capabilities(held)
-    })
+    Ok(Dropped::Capabilities(held))
 }

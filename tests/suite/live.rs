@@ -280,3 +280,117 @@ fn live_capture_drops_root_with_user() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn live_capture_with_file_capabilities_drops_them_once_open() {
+    let uid = status_field(std::process::id(), "Uid:").unwrap_or_default();
+    if !uid.starts_with('0') || !sh(&["ip", "-V"]) || !sh(&["getcap", "-h"]) {
+        eprintln!("SKIPPED live capabilities test: needs root, iproute2, setcap and setpriv");
+        return;
+    }
+    if !sh(&["setpriv", "-V"]) || !sh(&["ping", "-V"]) {
+        eprintln!("SKIPPED live capabilities test: needs setpriv and ping");
+        return;
+    }
+    // A copy of the binary that nobody can run, with the capture capabilities as file caps.
+    let dir = std::env::temp_dir().join(format!("tapwatch-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let exe = dir.join("tapwatch");
+    std::fs::copy(env!("CARGO_BIN_EXE_tapwatch"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if !sh(&[
+        "setcap",
+        "cap_net_raw,cap_net_admin=eip",
+        exe.to_str().unwrap(),
+    ]) {
+        eprintln!("SKIPPED live capabilities test: setcap failed (no file capabilities here)");
+        return;
+    }
+    let ns = Netns(format!("twk{}", std::process::id()));
+    if !(sh(&["ip", "netns", "add", &ns.0]) && sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]))
+    {
+        eprintln!("SKIPPED live capabilities test: cannot create network namespaces here");
+        return;
+    }
+    let out = dir.join("eve.json");
+    let rules = crate::util::root().join("rules");
+    // setpriv execs: the child's PID is the sensor's, running as nobody from the start.
+    let mut child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.0,
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+        ])
+        .args(["--clear-groups", "--"])
+        .arg(&exe)
+        .args(["live", "-i", "lo", "-f", "icmp", "--no-model", "-r"])
+        .arg(&rules)
+        .arg("-o")
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tapwatch live");
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut err = String::new();
+    loop {
+        // Running as nobody with the file capabilities until the capture is open, none after.
+        let eff = status_field(pid, "CapEff:").unwrap_or_default();
+        let uid = status_field(pid, "Uid:").unwrap_or_default();
+        if uid.starts_with("65534") && eff == "0000000000000000" && out.exists() {
+            break;
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            use std::io::Read;
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("capabilities not dropped (Uid {uid}, CapEff {eff}): {err}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        status_field(pid, "CapPrm:").as_deref(),
+        Some("0000000000000000")
+    );
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &ns.0,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&["kill", "-INT", &pid.to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tapwatch live did not stop within 10 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::io::Read;
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    assert_eq!(status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("dropped capabilities CAP_NET_ADMIN,CAP_NET_RAW"),
+        "{err}"
+    );
+    let ev = events(&std::fs::read(&out).expect("output written"));
+    assert!(final_stats(&ev)["decoder"]["icmp"].as_u64().unwrap() >= 6);
+    std::fs::remove_dir_all(&dir).ok();
+}
