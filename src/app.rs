@@ -150,7 +150,32 @@ pub struct Worker {
     pub flows: FlowTable<Analyzer>,
     events: Vec<FlowEvent<ProtoEvent>>,
     pub app_events: u64,
+    /// Protocol anomalies by name (`mqtt.oversized_packet`...), before alert suppression.
+    pub anomalies: std::collections::BTreeMap<&'static str, u64>,
     pub timing: Option<StageTimes>,
+}
+
+/// A worker's counters, as the `stats` event reports them (summed over workers).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerCounters {
+    pub decode: crate::decode::DecodeCounters,
+    pub flow: crate::flow::FlowCounters,
+    pub flows_active: u64,
+    pub app_events: u64,
+    pub anomalies: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl WorkerCounters {
+    /// Adds another worker's counters.
+    pub fn merge(&mut self, o: &WorkerCounters) {
+        self.decode.merge(&o.decode);
+        self.flow.merge(&o.flow);
+        self.flows_active += o.flows_active;
+        self.app_events += o.app_events;
+        for (k, v) in &o.anomalies {
+            *self.anomalies.entry(k).or_default() += v;
+        }
+    }
 }
 
 impl Worker {
@@ -160,7 +185,19 @@ impl Worker {
             flows: FlowTable::new(settings.flow),
             events: Vec::with_capacity(64),
             app_events: 0,
+            anomalies: Default::default(),
             timing: None,
+        }
+    }
+
+    /// The counters for a `stats` event.
+    pub fn counters(&self) -> WorkerCounters {
+        WorkerCounters {
+            decode: self.decoder.counters.clone(),
+            flow: self.flows.counters,
+            flows_active: self.flows.len() as u64,
+            app_events: self.app_events,
+            anomalies: self.anomalies.clone(),
         }
     }
 
@@ -209,6 +246,9 @@ impl Worker {
                     event,
                 } => {
                     self.app_events += 1;
+                    if let ProtoEvent::Anomaly { name, .. } = &event {
+                        *self.anomalies.entry(*name).or_default() += 1;
+                    }
                     Emitted::App {
                         meta,
                         ts,
@@ -253,23 +293,19 @@ pub struct OutputOptions {
     pub flows: bool,
     /// Discard all output (bench).
     pub discard: bool,
+    /// Rotation of the output file (`path` only).
+    pub rotation: crate::alert::Rotation,
 }
 
-/// Opens the output sink of a run.
-fn open_sink(out: &OutputOptions) -> Result<(Box<dyn Write + Send>, String), AppError> {
+/// Opens the output of a run (a file is appended to, and rotated as asked).
+fn open_writer(out: &OutputOptions) -> Result<EveWriter, AppError> {
     Ok(if out.discard {
-        (Box::new(std::io::sink()), "(discarded)".into())
+        EveWriter::new(Box::new(std::io::sink()), "(discarded)")
     } else {
         match &out.path {
-            Some(p) => {
-                let f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(p)
-                    .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?;
-                (Box::new(f), p.display().to_string())
-            }
-            None => (Box::new(std::io::stdout()), "standard output".into()),
+            Some(p) => EveWriter::to_file(p, out.rotation)
+                .map_err(|e| AppError::Usage(format!("{}: {e}", p.display())))?,
+            None => EveWriter::new(Box::new(std::io::stdout()), "standard output"),
         }
     })
 }
@@ -294,13 +330,13 @@ impl Back {
         model: Option<Model>,
         learning: Learning,
     ) -> Result<Self, AppError> {
-        let (sink, target) = open_sink(out)?;
+        let writer = open_writer(out)?;
         Ok(Back {
             analysis: Analysis::new(settings, &rules, model, learning)?,
             findings: Vec::with_capacity(16),
             new_devices: Vec::new(),
             alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
-            writer: EveWriter::new(sink, &target),
+            writer,
             emit_flows: out.flows,
             stats: Stats::default(),
         })
@@ -352,21 +388,14 @@ impl Back {
     }
 
     /// Writes a `stats` event with the workers' counters.
-    pub fn write_stats(
-        &mut self,
-        now: Timestamp,
-        first: Option<Timestamp>,
-        decode: &crate::decode::DecodeCounters,
-        flow: &crate::flow::FlowCounters,
-        flows_active: u64,
-        app_events: u64,
-    ) {
-        self.stats.decode = decode.clone();
-        self.stats.flow = *flow;
-        self.stats.flows_active = flows_active;
+    pub fn write_stats(&mut self, now: Timestamp, first: Option<Timestamp>, w: &WorkerCounters) {
+        self.stats.decode = w.decode.clone();
+        self.stats.flow = w.flow;
+        self.stats.flows_active = w.flows_active;
         self.stats.alerts = self.alerter.counters.clone();
         self.stats.alerts_suppressed = self.alerter.suppressed();
-        self.stats.app_events = app_events;
+        self.stats.app_events = w.app_events;
+        self.stats.app_anomalies = w.anomalies.clone();
         let uptime = now.secs_since(first.unwrap_or(now));
         let ev = self.stats.event(now, uptime);
         self.writer.write(&ev);
@@ -457,15 +486,8 @@ impl Engine {
     }
 
     pub fn write_stats(&mut self, now: Timestamp) {
-        let w = &self.worker;
-        self.back.write_stats(
-            now,
-            self.first_ts,
-            &w.decoder.counters,
-            &w.flows.counters,
-            w.flows.len() as u64,
-            w.app_events,
-        );
+        let c = self.worker.counters();
+        self.back.write_stats(now, self.first_ts, &c);
     }
 
     /// Ends all flows, writes the final stats and flushes.
@@ -573,6 +595,8 @@ pub trait FrameSink {
     fn packets(&self) -> u64;
     /// The output was closed by its reader: stop quietly.
     fn output_closed(&self) -> bool;
+    /// The input has nothing to read for now (a pipe): hand on what is pending.
+    fn idle(&mut self) {}
 }
 
 /// Reads every input in order (one timeline), handing frames to `sink`; stops on a signal or
@@ -595,12 +619,12 @@ pub fn read_inputs(
         let mut n: u64 = 0;
         loop {
             n += 1;
+            if n.is_multiple_of(64) && stop.load(Ordering::Relaxed) {
+                r.outcome = Outcome::Interrupted;
+                capture_add(&mut r.capture, &f.counters);
+                break 'files;
+            }
             if n.is_multiple_of(4096) {
-                if stop.load(Ordering::Relaxed) {
-                    r.outcome = Outcome::Interrupted;
-                    capture_add(&mut r.capture, &f.counters);
-                    break 'files;
-                }
                 progress.tick(f.path(), f.counters.file_bytes, total, sink.packets());
                 if sink.output_closed() {
                     capture_add(&mut r.capture, &f.counters);
@@ -617,6 +641,19 @@ pub fn read_inputs(
                     );
                     r.truncated.push((f.path().to_string(), offset));
                     break;
+                }
+                Err(e) if crate::capture::stream::is_idle(&e) => {
+                    // A pipe with nothing to read for now: honour a stop, show what we have.
+                    if stop.load(Ordering::Relaxed) {
+                        r.outcome = Outcome::Interrupted;
+                        capture_add(&mut r.capture, &f.counters);
+                        break 'files;
+                    }
+                    sink.idle();
+                    if sink.output_closed() {
+                        capture_add(&mut r.capture, &f.counters);
+                        break 'files;
+                    }
                 }
                 Err(e) => {
                     // Corrupt structure mid-file: report, keep what was processed, go on with the
@@ -644,6 +681,9 @@ impl FrameSink for Engine {
     fn output_closed(&self) -> bool {
         self.back.writer.closed
     }
+    fn idle(&mut self) {
+        self.back.writer.flush();
+    }
 }
 
 /// Replays capture files as one timeline, with `opts.workers` workers (1: all inline).
@@ -656,7 +696,7 @@ pub fn replay(
     // Open everything first: a bad input is reported before any output is written.
     let mut files = Vec::with_capacity(opts.inputs.len());
     for p in &opts.inputs {
-        files.push(CaptureFile::open(p)?);
+        files.push(crate::capture::stream::open_input(p)?);
     }
     if opts.workers > 1 {
         return crate::pipeline::replay_parallel(settings, rules, opts, files, stop);

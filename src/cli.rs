@@ -139,6 +139,39 @@ pub struct OutputArgs {
     /// No summary or progress on standard error.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Start a new output file when it reaches SIZE bytes (suffixes K, M, G: powers of 1024);
+    /// the full one is renamed FILE.1, FILE.2, ... Needs --output.
+    #[arg(long, value_name = "SIZE", requires = "output", value_parser = parse_size)]
+    pub rotate_size: Option<u64>,
+    /// Start a new output file every SECS seconds (wall clock). Needs --output.
+    #[arg(long, value_name = "SECS", requires = "output", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rotate_secs: Option<u64>,
+}
+
+/// A byte count with an optional K, M or G suffix (powers of 1024).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: unknown suffix (use K, M or G)")),
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number of bytes, e.g. 100M"))?;
+    match n.checked_mul(mult) {
+        Some(v) if v > 0 => Ok(v),
+        Some(_) => Err("the size must be positive".into()),
+        None => Err(format!("{s:?}: too large")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +212,10 @@ pub struct LiveArgs {
     /// Write a `stats` event every SECS seconds of packet time [default: config, 60].
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
+    /// Once the capture is open (and the output file too), switch to this user and its groups,
+    /// keeping no privilege. Needs to start as root.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 #[derive(Args, Debug)]

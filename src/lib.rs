@@ -22,6 +22,7 @@ pub mod device;
 pub mod fast;
 pub mod flow;
 pub mod pipeline;
+pub mod privilege;
 pub mod proto;
 pub mod settings;
 pub mod stats;

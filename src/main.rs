@@ -59,6 +59,10 @@ fn output(o: &OutputArgs) -> OutputOptions {
         path: o.output.clone(),
         flows: o.flows,
         discard: false,
+        rotation: tapwatch::alert::Rotation {
+            max_bytes: o.rotate_size,
+            max_secs: o.rotate_secs,
+        },
     }
 }
 
@@ -162,6 +166,7 @@ fn live(
         promisc: a.promisc,
         model,
         learning,
+        user: a.user.clone(),
     };
     tapwatch::capture::live::run(s, rules, &opts, &output(&a.out), a.out.quiet, &stop)
 }

@@ -10,13 +10,12 @@
 
 use crate::app::{
     order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink,
-    ReplayOptions, ReplayReport, Worker,
+    ReplayOptions, ReplayReport, Worker, WorkerCounters,
 };
 use crate::capture::file::CaptureFile;
 use crate::capture::RawFrame;
-use crate::decode::{shard_hash, DecodeCounters};
+use crate::decode::shard_hash;
 use crate::detect::rules::RuleSet;
-use crate::flow::FlowCounters;
 use crate::settings::Settings;
 use crate::time::Timestamp;
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -77,10 +76,7 @@ struct Out {
 
 /// What a worker hands back when it ends.
 struct WorkerEnd {
-    decode: DecodeCounters,
-    flow: FlowCounters,
-    flows_active: u64,
-    app_events: u64,
+    counters: WorkerCounters,
     now: Timestamp,
 }
 
@@ -181,6 +177,20 @@ impl FrameSink for Reader {
     fn output_closed(&self) -> bool {
         self.closed.load(Ordering::Relaxed)
     }
+
+    fn idle(&mut self) {
+        // Hand on the pending frames with a mark, so the back end can write their events.
+        let seq = self.seq;
+        self.flush_all(Some(seq));
+    }
+}
+
+/// The settings of one of `n` workers: the flow table cap is the sensor's total, so each shard
+/// holds its share of it (flows are spread evenly by hash).
+fn shard_settings(settings: &Settings, n: usize) -> Settings {
+    let mut s = settings.clone();
+    s.flow.max_flows = settings.flow.max_flows.div_ceil(n.max(1)).max(1);
+    s
 }
 
 fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Out>) -> WorkerEnd {
@@ -246,10 +256,7 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
         watermark: u64::MAX,
     });
     WorkerEnd {
-        decode: w.decoder.counters.clone(),
-        flow: w.flows.counters,
-        flows_active: w.flows.len() as u64,
-        app_events: w.app_events,
+        counters: w.counters(),
         now: w.now(),
     }
 }
@@ -308,13 +315,14 @@ pub fn replay_parallel(
         senders.push(tx);
         receivers.push(rx);
     }
+    let shard = &shard_settings(settings, n);
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {
         let workers: Vec<_> = receivers
             .into_iter()
             .enumerate()
             .map(|(id, rx)| {
                 let tx = out_tx.clone();
-                scope.spawn(move || run_worker(id, settings, rx, tx))
+                scope.spawn(move || run_worker(id, shard, rx, tx))
             })
             .collect();
         drop(out_tx);
@@ -324,10 +332,16 @@ pub fn replay_parallel(
                 queues: (0..n).map(|_| VecDeque::new()).collect(),
                 watermark: vec![0; n],
             };
-            for o in out_rx {
+            let mut flushed = Instant::now();
+            for o in out_rx.iter() {
                 m.watermark[o.worker] = o.watermark;
                 m.queues[o.worker].extend(o.events);
                 m.pump(&mut back);
+                // A slow input (a pipe): what is written shows within a fraction of a second.
+                if out_rx.is_empty() && flushed.elapsed().as_millis() >= 200 {
+                    back.writer.flush();
+                    flushed = Instant::now();
+                }
                 if back.writer.closed {
                     closed_b.store(true, Ordering::Relaxed);
                 }
@@ -361,19 +375,15 @@ pub fn replay_parallel(
         return Err(AppError::Runtime("a worker thread failed".into()));
     }
     back.finish_detectors();
-    let mut decode = DecodeCounters::default();
-    let mut flow = FlowCounters::default();
-    let (mut active, mut app, mut now) = (0, 0, Timestamp::ZERO);
+    let mut counters = WorkerCounters::default();
+    let mut now = Timestamp::ZERO;
     for e in &ends {
-        decode.merge(&e.decode);
-        flow.merge(&e.flow);
-        active += e.flows_active;
-        app += e.app_events;
+        counters.merge(&e.counters);
         now = now.max(e.now);
     }
     back.stats.capture = input.capture;
     back.stats.truncated_inputs = input.truncated;
-    back.write_stats(now, first_ts, &decode, &flow, active, app);
+    back.write_stats(now, first_ts, &counters);
     back.close()?;
     let wall = started.elapsed();
     report_end(opts, &back, wall);

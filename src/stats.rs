@@ -20,6 +20,8 @@ pub struct Stats {
     pub alerts: AlertCounters,
     pub alerts_suppressed: u64,
     pub app_events: u64,
+    /// Protocol anomalies by name, before alert suppression.
+    pub app_anomalies: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -81,7 +83,7 @@ impl Stats {
                     "ooo_segments": r.ooo_segments, "ooo_overflows": r.ooo_overflows,
                     "depth_reached": r.depth_reached, "overlap_bytes": r.overlap_bytes,
                 },
-                "app_layer": { "events": self.app_events },
+                "app_layer": { "events": self.app_events, "anomalies": self.app_anomalies },
                 "detect": {
                     "alerts": self.alerts.written,
                     "alerts_by_kind": by_kind,

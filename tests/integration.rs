@@ -10,6 +10,8 @@ mod capture;
 mod cli;
 #[path = "suite/eve.rs"]
 mod eve;
+#[path = "suite/hostile.rs"]
+mod hostile;
 #[path = "suite/lab.rs"]
 mod lab;
 #[path = "suite/live.rs"]
@@ -18,6 +20,10 @@ mod live;
 mod parallel;
 #[path = "suite/protocols.rs"]
 mod protocols;
+#[path = "suite/reliability.rs"]
+mod reliability;
+#[path = "suite/robustness.rs"]
+mod robustness;
 #[path = "suite/scan.rs"]
 mod scan;
 #[path = "suite/scorer.rs"]

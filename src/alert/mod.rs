@@ -12,6 +12,10 @@ use crate::flow::{Direction, FlowRecord};
 use crate::time::Timestamp;
 use serde_json::{json, Map, Value};
 use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 use suppress::{Decision, Suppressor};
 
 /// EVE `proto` name of an IP protocol number.
@@ -35,14 +39,73 @@ pub struct OutputError {
     pub source: io::Error,
 }
 
+/// When to start a new output file (`-o FILE` only). The current file keeps its name; full files
+/// are renamed to `FILE.1`, `FILE.2`, ... (the first free number), always between two lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the file holds at least this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Rotate every this many seconds of wall-clock time (output housekeeping, not detection).
+    pub max_secs: Option<u64>,
+}
+
+/// The output file behind a writer: where it is, how big it is, when it was opened.
+struct FileTarget {
+    path: PathBuf,
+    rotation: Rotation,
+    bytes: u64,
+    opened: Instant,
+    /// Set by SIGHUP: close and reopen the file (after logrotate moved it away).
+    reopen: Arc<AtomicBool>,
+    /// The SIGHUP registration, undone when the writer goes.
+    hup: Option<signal_hook::SigId>,
+    rotations: u64,
+}
+
+impl Drop for FileTarget {
+    fn drop(&mut self) {
+        if let Some(id) = self.hup.take() {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// A `Write` that counts what goes through it (the size of the current output file).
+struct Counted<W> {
+    inner: W,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// The JSON-lines writer. A closed pipe (the reader went away, as with `| head`) ends output
-/// quietly; any other write error is reported once.
+/// quietly; any other write error (disk full...) stops output and is reported once, naming the
+/// target. Writing to a file, it rotates by size or time and reopens the file on SIGHUP.
 pub struct EveWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     target: String,
     pub closed: bool,
     pub lines: u64,
     error: Option<io::Error>,
+    file: Option<FileTarget>,
+    /// Bytes that reached the current file (shared with its `Counted` wrapper).
+    written: Arc<AtomicU64>,
 }
 
 impl EveWriter {
@@ -53,18 +116,117 @@ impl EveWriter {
             closed: false,
             lines: 0,
             error: None,
+            file: None,
+            written: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Appends to the file at `path`, rotating it as `rotation` says; SIGHUP reopens it.
+    pub fn to_file(path: &Path, rotation: Rotation) -> io::Result<Self> {
+        let f = open_append(path)?;
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let reopen = Arc::new(AtomicBool::new(false));
+        // Registering can only fail for forbidden signals; SIGHUP is not one.
+        let hup =
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reopen)).ok();
+        let written = Arc::new(AtomicU64::new(size));
+        let sink = Counted {
+            inner: f,
+            bytes: Arc::clone(&written),
+        };
+        let mut w = EveWriter::new(Box::new(sink), &path.display().to_string());
+        w.written = written;
+        w.file = Some(FileTarget {
+            path: path.to_path_buf(),
+            rotation,
+            bytes: size,
+            opened: Instant::now(),
+            reopen,
+            hup,
+            rotations: 0,
+        });
+        Ok(w)
+    }
+
+    /// Files rotated so far.
+    pub fn rotations(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.rotations)
     }
 
     pub fn write(&mut self, v: &Value) {
         if self.closed {
             return;
         }
+        if self.file.is_some() {
+            self.maybe_rotate();
+            if self.closed {
+                return;
+            }
+        }
         let r = serde_json::to_writer(&mut self.out, v)
             .map_err(io::Error::from)
             .and_then(|_| self.out.write_all(b"\n"));
         match r {
             Ok(()) => self.lines += 1,
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Between two lines: reopen after SIGHUP, or rotate a full or old file.
+    fn maybe_rotate(&mut self) {
+        let buffered = self.out.buffer().len() as u64;
+        let Some(f) = self.file.as_mut() else {
+            return;
+        };
+        let hup = f.reopen.swap(false, Ordering::Relaxed);
+        f.bytes = self.written.load(Ordering::Relaxed) + buffered;
+        let by_size = f.rotation.max_bytes.is_some_and(|m| f.bytes >= m);
+        let by_time = f
+            .rotation
+            .max_secs
+            .is_some_and(|s| f.opened.elapsed().as_secs() >= s && f.bytes > 0);
+        if !(hup || by_size || by_time) {
+            return;
+        }
+        let path = f.path.clone();
+        let rotate = by_size || by_time;
+        if let Err(e) = self.out.flush() {
+            self.fail(e);
+            return;
+        }
+        let r = (|| -> io::Result<u64> {
+            if rotate {
+                let mut n = 1u64;
+                let dest = loop {
+                    let mut d = path.clone().into_os_string();
+                    d.push(format!(".{n}"));
+                    let d = PathBuf::from(d);
+                    if !d.exists() {
+                        break d;
+                    }
+                    n += 1;
+                };
+                std::fs::rename(&path, &dest)?;
+            }
+            let nf = open_append(&path)?;
+            let size = nf.metadata().map(|m| m.len()).unwrap_or(0);
+            self.written.store(size, Ordering::Relaxed);
+            *self.out.get_mut() = Box::new(Counted {
+                inner: nf,
+                bytes: Arc::clone(&self.written),
+            });
+            Ok(size)
+        })();
+        match r {
+            Ok(size) => {
+                if let Some(f) = self.file.as_mut() {
+                    f.bytes = size;
+                    f.opened = Instant::now();
+                    if rotate {
+                        f.rotations += 1;
+                    }
+                }
+            }
             Err(e) => self.fail(e),
         }
     }

@@ -18,6 +18,8 @@ pub struct LiveOptions {
     pub promisc: bool,
     pub model: Option<crate::detect::learned::Model>,
     pub learning: crate::analysis::Learning,
+    /// Switch to this user once the capture and the output are open (`--user`).
+    pub user: Option<String>,
 }
 
 fn err(iface: &str, e: pcap::Error) -> AppError {
@@ -85,9 +87,27 @@ fn capture_loop(
 ) -> Result<Outcome, AppError> {
     let mut engine = Engine::new(settings, rules, out, opts.model.clone(), opts.learning)?;
     engine.set_stats_interval(settings.stats_interval_secs);
+    // The capture and the output file are open: nothing privileged is left to do.
+    use crate::privilege::{drop_privileges, Dropped};
+    match drop_privileges(opts.user.as_deref()).map_err(AppError::Usage)? {
+        Dropped::StillRoot if !quiet => eprintln!(
+            "tapwatch: capturing on {iface} as root; --user NAME (or capabilities) drops root once the capture is open"
+        ),
+        Dropped::User { name, uid, .. } if !quiet => {
+            eprintln!("tapwatch: capturing on {iface} as user {name} (uid {uid}), no capabilities")
+        }
+        Dropped::Capabilities(c) if !quiet => eprintln!(
+            "tapwatch: capturing on {iface}; dropped capabilities {}",
+            c.join(",")
+        ),
+        _ => {}
+    }
     let started = std::time::Instant::now();
     let mut outcome = Outcome::Done;
     let mut frames: u64 = 0;
+    // Alerts reach the output within a second (and at once when the link is idle), so a crash or
+    // a kill -9 loses at most that much.
+    let mut last_flush = std::time::Instant::now();
     loop {
         if stop.load(Ordering::Relaxed) {
             outcome = Outcome::Interrupted;
@@ -110,6 +130,10 @@ fn capture_loop(
                     bytes: p.data,
                 };
                 engine.frame(&frame);
+                if frames.is_multiple_of(16) && last_flush.elapsed().as_secs() >= 1 {
+                    engine.back.writer.flush();
+                    last_flush = std::time::Instant::now();
+                }
                 if frames.is_multiple_of(1024) {
                     if let Ok(st) = cap.stats() {
                         engine.back.stats.capture.kernel_received = u64::from(st.received);
@@ -118,7 +142,11 @@ fn capture_loop(
                     }
                 }
             }
-            Err(pcap::Error::TimeoutExpired) => continue,
+            Err(pcap::Error::TimeoutExpired) => {
+                engine.back.writer.flush();
+                last_flush = std::time::Instant::now();
+                continue;
+            }
             Err(pcap::Error::NoMorePackets) => {
                 if stop.load(Ordering::Relaxed) {
                     outcome = Outcome::Interrupted;

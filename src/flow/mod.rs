@@ -92,7 +92,7 @@ pub enum FlowEvent<E> {
 /// Flow table settings (all times in seconds of packet time).
 #[derive(Clone, Copy, Debug)]
 pub struct FlowConfig {
-    /// Maximum number of flows held. Default 1,000,000.
+    /// Maximum number of flows held, over all workers (each of N holds 1/N). Default 1,000,000.
     pub max_flows: usize,
     /// Idle timeout of established TCP flows. Default 600 s.
     pub tcp_idle_timeout: u64,

@@ -1,0 +1,112 @@
+//! Hostile captures (tests/hostile/make.py, small scale): no panic, and the eviction, skip and
+//! anomaly counters of the final `stats` event say what happened. Memory is measured by the
+//! script's full scale with a release build (tests/hostile/README.md), never here.
+
+use crate::util::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn generate() -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tapwatch-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let o = std::process::Command::new("python3")
+        .arg(root().join("tests/hostile/make.py"))
+        .arg(&dir)
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(dir),
+        Ok(o) => panic!(
+            "tests/hostile/make.py failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            eprintln!("SKIPPED hostile captures: python3 not available ({e})");
+            None
+        }
+    }
+}
+
+/// Replays one capture with the given config; returns the final stats and the alerts.
+fn replay(dir: &Path, name: &str, config: &Path) -> (Value, Vec<Value>) {
+    let o = run(&[
+        "replay",
+        "-q",
+        "--no-model",
+        "-c",
+        config.to_str().unwrap(),
+        dir.join(format!("{name}.pcap")).to_str().unwrap(),
+    ]);
+    assert!(
+        o.status.success(),
+        "{name}: exit {:?}: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let ev = events(&o.stdout);
+    let alerts = of_type(&ev, "alert").into_iter().cloned().collect();
+    (final_stats(&ev).clone(), alerts)
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+#[test]
+fn hostile_captures_are_survived_and_counted() {
+    let Some(dir) = generate() else {
+        return;
+    };
+    let config = dir.join("caps.toml");
+    std::fs::write(
+        &config,
+        "[flow]\nmax_flows = 5000\n[reassembly]\nmax_ooo_bytes = 8192\nmax_ooo_segments = 8\n",
+    )
+    .unwrap();
+
+    // 20,000 half-open flows from random sources into a table of 5,000.
+    let (st, _) = replay(&dir, "syn_flood", &config);
+    assert_eq!(n(&st["decoder"]["pkts"]), 20_000);
+    assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
+    assert_eq!(n(&st["flow"]["peak_active"]), 5_000, "{st}");
+    assert_eq!(n(&st["flow"]["evicted"]), 15_000, "{st}");
+
+    // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
+    // stream is not recognised as MQTT at all).
+    let (st, alerts) = replay(&dir, "mqtt_huge", &config);
+    let an = &st["app_layer"]["anomalies"];
+    assert!(n(&an["mqtt.oversized_packet"]) >= 1, "{st}");
+    assert!(n(&an["mqtt.malformed_connect"]) >= 1, "{st}");
+    assert!(alerts
+        .iter()
+        .any(|a| a["alert"]["kind"] == "protocol_anomaly"));
+
+    // 1 MB header line, 1 MB of headers, a header block that never ends.
+    let (st, _) = replay(&dir, "http_headers", &config);
+    assert!(
+        n(&st["app_layer"]["anomalies"]["http.header_too_long"]) >= 3,
+        "{st}"
+    );
+
+    // Endless IAC negotiation and an unterminated subnegotiation.
+    let (st, _) = replay(&dir, "telnet_iac", &config);
+    assert!(
+        n(&st["app_layer"]["anomalies"]["telnet.iac_flood"]) >= 1,
+        "{st}"
+    );
+
+    // Reversed, shuffled, overlapping, duplicated segments and holes beyond the buffer.
+    let (st, _) = replay(&dir, "tcp_overlap", &config);
+    let tcp = &st["tcp"];
+    assert!(n(&tcp["ooo_segments"]) > 0, "{st}");
+    assert!(n(&tcp["overlap_bytes"]) > 0, "{st}");
+    assert!(n(&tcp["gaps"]) >= 125, "{st}");
+    assert!(n(&tcp["ooo_overflows"]) + n(&tcp["gaps"]) > 0, "{st}");
+
+    // 8-byte fragments: only first fragments are decoded, and they are too short for TCP.
+    let (st, _) = replay(&dir, "tiny_fragments", &config);
+    let sk = &st["decoder"]["skipped_by_reason"];
+    assert_eq!(n(&sk["non_first_fragment"]), 30_000, "{st}");
+    assert_eq!(n(&sk["truncated_transport_header"]), 7_000, "{st}");
+    assert_eq!(n(&st["flow"]["total"]), 0, "{st}");
+    std::fs::remove_dir_all(&dir).ok();
+}
