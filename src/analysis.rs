@@ -37,6 +37,8 @@ pub struct Analysis {
     learning: Learning,
     learn_until: Option<Timestamp>,
     dev_out: Vec<DeviceOutput>,
+    /// Flow log rows to write (when `devices.log_flows` is on).
+    pub flow_windows: Vec<crate::device::FlowWindow>,
     /// Messages for the operator (learning finished...).
     pub notes: Vec<String>,
 }
@@ -73,6 +75,7 @@ impl Analysis {
             learning,
             learn_until: None,
             dev_out: Vec::new(),
+            flow_windows: Vec::new(),
             notes: Vec::new(),
         })
     }
@@ -94,6 +97,7 @@ impl Analysis {
         for o in &outs {
             match o {
                 DeviceOutput::New(p) => new_devices.push((**p).clone()),
+                DeviceOutput::FlowWindow(r) => self.flow_windows.push((**r).clone()),
                 DeviceOutput::Window(w) if w.partial => {}
                 DeviceOutput::Window(w) => {
                     let learning = match self.learning {

@@ -331,8 +331,10 @@ impl Back {
         learning: Learning,
     ) -> Result<Self, AppError> {
         let writer = open_writer(out)?;
+        let mut analysis = Analysis::new(settings, &rules, model, learning)?;
+        analysis.devices.log_flows = out.flows;
         Ok(Back {
-            analysis: Analysis::new(settings, &rules, model, learning)?,
+            analysis,
             findings: Vec::with_capacity(16),
             new_devices: Vec::new(),
             alerter: Alerter::new(rules, settings.alert.default_suppress_secs),
@@ -372,6 +374,13 @@ impl Back {
     fn write_findings(&mut self) {
         for d in self.new_devices.drain(..) {
             self.writer.write(&crate::alert::device_event(&d));
+        }
+        if !self.analysis.flow_windows.is_empty() {
+            let secs = self.analysis.devices.window_secs();
+            for r in self.analysis.flow_windows.drain(..) {
+                self.writer
+                    .write(&crate::alert::flow_window_event(&r, secs));
+            }
         }
         for f in self.findings.drain(..) {
             if let Some(v) = self.alerter.alert(&f) {
@@ -866,10 +875,8 @@ pub fn train(
             "--quantile must be in [0.5, 1) and --margin at least 1".into(),
         ));
     }
-    let r = collect(settings, rules, &a.files, stop)?;
-    let Some(learner) = r.analysis.learner.as_ref() else {
-        return Err(AppError::Runtime("no learner".into()));
-    };
+    let g = gather(settings, rules, a, stop)?;
+    let learner = &g.learner;
     let captures = a
         .files
         .iter()
@@ -881,8 +888,8 @@ pub fn train(
         .collect::<Vec<_>>();
     let prov = Provenance {
         captures,
-        first_packet: r.first_ts.unwrap_or_default().rfc3339().to_string(),
-        last_packet: r.last_ts.rfc3339().to_string(),
+        first_packet: g.first.rfc3339().to_string(),
+        last_packet: g.last.rfc3339().to_string(),
         trained_at: wall_clock_rfc3339(),
         tapwatch_version: env!("CARGO_PKG_VERSION").into(),
         windows: learner.all.len() as u64,
@@ -901,7 +908,7 @@ pub fn train(
     .map_err(AppError::Runtime)?;
     model.provenance.devices = model.baselines.devices.len() as u64;
     if let Some(c) = model.provenance.captures.first_mut() {
-        c.packets = r.stats.decode.packets;
+        c.packets = g.packets;
     }
     model
         .save(&a.output)
@@ -931,11 +938,12 @@ pub fn train(
     }
     let above = scores.iter().filter(|s| **s > model.threshold).count();
     eprintln!(
-        "tapwatch: trained {} on {} windows of {} devices ({} packets, {} .. {}); threshold {:.3} ({} of {} training windows above it); wrote {}",
+        "tapwatch: trained {} on {} windows of {} devices ({} {}, {} .. {}); threshold {:.3} ({} of {} training windows above it); wrote {}",
         model.scorer.name(),
         learner.all.len(),
         model.baselines.devices.len(),
-        r.stats.decode.packets,
+        g.packets,
+        if a.flows { "flow log rows" } else { "packets" },
         model.provenance.first_packet,
         model.provenance.last_packet,
         model.threshold,
@@ -943,7 +951,90 @@ pub fn train(
         scores.len(),
         a.output.display()
     );
-    Ok(r.outcome)
+    Ok(g.outcome)
+}
+
+/// What training learns from: windows gathered from captures or from a flow log.
+pub struct Gathered {
+    pub learner: crate::device::baseline::Learner,
+    /// Packets (captures) or rows (flow log) read.
+    pub packets: u64,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub outcome: Outcome,
+}
+
+/// Gathers the training windows of `tapwatch train` (captures, or flow logs with `--flows`).
+pub fn gather(
+    settings: &Settings,
+    rules: RuleSet,
+    a: &crate::cli::TrainArgs,
+    stop: &AtomicBool,
+) -> Result<Gathered, AppError> {
+    if a.flows {
+        return gather_flow_log(settings, &a.files);
+    }
+    let mut r = collect(settings, rules, &a.files, stop)?;
+    let Some(learner) = r.analysis.learner.take() else {
+        return Err(AppError::Runtime("no learner".into()));
+    };
+    Ok(Gathered {
+        learner,
+        packets: r.stats.decode.packets,
+        first: r.first_ts.unwrap_or_default(),
+        last: r.last_ts,
+        outcome: r.outcome,
+    })
+}
+
+#[cfg(feature = "analytics")]
+fn gather_flow_log(settings: &Settings, files: &[PathBuf]) -> Result<Gathered, AppError> {
+    let (learner, f) = crate::analytics::learner_from_flow_log(files, settings.device.max_peers)
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    if f.window_secs != settings.device.window_secs {
+        return Err(AppError::Usage(format!(
+            "the flow log has {} s windows, the config {} s: train with the window length the log was written with",
+            f.window_secs, settings.device.window_secs
+        )));
+    }
+    Ok(Gathered {
+        learner,
+        packets: f.rows,
+        first: f.first,
+        last: f.last,
+        outcome: Outcome::Done,
+    })
+}
+
+#[cfg(not(feature = "analytics"))]
+fn gather_flow_log(_: &Settings, _: &[PathBuf]) -> Result<Gathered, AppError> {
+    Err(AppError::Usage(NO_ANALYTICS.into()))
+}
+
+/// The message for analytics commands in a build without them.
+pub const NO_ANALYTICS: &str = "this tapwatch was built without the `analytics` feature (polars): rebuild with `cargo build --release --features analytics`";
+
+/// `tapwatch report`.
+#[cfg(feature = "analytics")]
+pub fn report(a: &crate::cli::ReportArgs) -> Result<Outcome, AppError> {
+    let r = crate::analytics::report(&a.files, &a.output_dir)
+        .map_err(|e| AppError::Usage(e.to_string()))?;
+    eprintln!(
+        "tapwatch: report of {} devices and {} alerts in {}",
+        r.devices,
+        r.alerts,
+        a.output_dir.display()
+    );
+    for f in &r.files {
+        println!("{}", f.display());
+    }
+    Ok(Outcome::Done)
+}
+
+/// `tapwatch report` in a build without analytics.
+#[cfg(not(feature = "analytics"))]
+pub fn report(_: &crate::cli::ReportArgs) -> Result<Outcome, AppError> {
+    Err(AppError::Usage(NO_ANALYTICS.into()))
 }
 
 /// Wall-clock time for provenance only (never for detection).

@@ -29,6 +29,19 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the devices seen in captures (table, or JSON with --json).
     Inventory(InventoryArgs),
+    /// From EVE files written with --flows: per-device summaries, alert timelines and the flow
+    /// log as CSV and Parquet (needs the `analytics` feature).
+    Report(ReportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// EVE JSON files written by `replay`/`live` with --flows.
+    #[arg(required = true, value_name = "EVE")]
+    pub files: Vec<PathBuf>,
+    /// Directory to write the report files to (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output_dir: PathBuf,
 }
 
 /// Worker threads [default: the number of cores].
@@ -66,9 +79,14 @@ pub struct ModelArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Captures of normal traffic.
+    /// Captures of normal traffic (or flow logs, with --flows).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,
+    /// The FILEs are flow logs: EVE JSON written with `replay --flows` (its `flow_window`
+    /// events), or `flow_windows.parquet` from `tapwatch report`. Read through polars (needs the
+    /// `analytics` feature); gives the same windows as training on the captures themselves.
+    #[arg(long)]
+    pub flows: bool,
     /// Model file to write.
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,

@@ -13,6 +13,8 @@
 
 pub mod alert;
 pub mod analysis;
+#[cfg(feature = "analytics")]
+pub mod analytics;
 pub mod app;
 pub mod capture;
 pub mod cli;

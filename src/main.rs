@@ -134,6 +134,7 @@ fn run(cli: Cli) -> Result<Outcome, AppError> {
             let stop = app::stop_flag();
             app::train(&s, rules, &a, &stop)
         }
+        Command::Report(a) => app::report(&a),
         Command::Inventory(a) => {
             let (s, rules) = settings(&a.common, None)?;
             let stop = app::stop_flag();

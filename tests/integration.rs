@@ -2,6 +2,9 @@
 #[path = "suite/util.rs"]
 mod util;
 
+#[cfg(feature = "analytics")]
+#[path = "suite/analytics.rs"]
+mod analytics;
 #[path = "suite/baseline.rs"]
 mod baseline;
 #[path = "suite/capture.rs"]

@@ -149,6 +149,25 @@ impl Learner {
         }
     }
 
+    /// Facts of a device learned elsewhere than from its profile (a flow log): peers it
+    /// opened flows to, services it offers ("tcp/1883 mqtt"), its addresses.
+    pub fn add_facts(
+        &mut self,
+        id: DeviceId,
+        peers: impl IntoIterator<Item = IpAddr>,
+        services: impl IntoIterator<Item = String>,
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) {
+        let s = self.per_device.entry(id).or_default();
+        for peer in peers {
+            if s.peers.len() < self.max_peers {
+                s.peers.insert(peer);
+            }
+        }
+        s.services.extend(services);
+        s.ips.extend(ips);
+    }
+
     /// Freezes what was learned.
     pub fn build(&self) -> Baselines {
         let mut devices: Vec<DeviceBaseline> = self

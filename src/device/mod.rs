@@ -169,7 +169,44 @@ struct WindowStats {
     /// Peers this device opened flows to.
     out_peers: HashSet<IpAddr>,
     ports: HashSet<u16>,
+    /// Each flow's part (flow id, device is the initiator), when the flow log is on.
+    flows: HashMap<(u64, bool), FlowWindow>,
 }
+
+/// Rows of the flow log held per device and window; beyond it rows are counted, not kept.
+pub const MAX_FLOW_LOG_ROWS: usize = 65_536;
+
+/// One flow's part in one device's window, exactly as the window features counted it: the rows
+/// of the flow log (`flow_window` events under `--flows`). Per device and window, the sums of
+/// the additive features, the distinct `peer_ip` of started rows, the distinct `dest_port` of
+/// started TCP/UDP rows where the device is the initiator, and the first window of each
+/// (device, peer) give back [`WindowVector::values`] (see `analytics`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlowWindow {
+    /// Start of the window.
+    pub window: Timestamp,
+    pub device: DeviceId,
+    pub flow_id: u64,
+    /// The device opened the flow (else it answered it).
+    pub initiator: bool,
+    pub device_ip: IpAddr,
+    pub peer_ip: IpAddr,
+    /// The peer, when it is a device too.
+    pub peer_device: Option<DeviceId>,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The responder's port.
+    pub dest_port: u16,
+    /// The flow started in this window (counted in flows, peers and ports).
+    pub started: bool,
+    /// Application protocol detected on the flow in this window.
+    pub app: Option<AppProto>,
+    /// The additive features (indices of [`FEATURES`]); the set features are 0.
+    pub v: [f64; N_FEATURES],
+}
+
+/// Indices of [`FEATURES`] that are sums over flows (the rest are counts of distinct values).
+pub const ADDITIVE: [usize; 11] = [0, 1, 2, 3, 4, 5, 6, 10, 11, 12, 13];
 
 /// The features of one device in one window.
 #[derive(Clone, Debug, PartialEq)]
@@ -192,6 +229,8 @@ pub struct WindowVector {
 pub enum DeviceOutput {
     New(Box<DeviceProfile>),
     Window(WindowVector),
+    /// A row of the flow log (only when [`Devices::log_flows`] is on), before its window.
+    FlowWindow(Box<FlowWindow>),
 }
 
 /// Counters of the device stage.
@@ -201,6 +240,8 @@ pub struct DeviceCounters {
     pub evicted: u64,
     pub routers: u64,
     pub windows: u64,
+    /// Flow log rows not kept (over [`MAX_FLOW_LOG_ROWS`] in a device's window).
+    pub flow_log_overflow: u64,
 }
 
 /// The device table and window aggregator.
@@ -215,6 +256,8 @@ pub struct Devices {
     windows: std::collections::BTreeMap<Timestamp, HashMap<DeviceId, WindowStats>>,
     /// The first complete window: the one after the window of the first event.
     first_window: Timestamp,
+    /// Keep each flow's part of the windows, for the flow log. Default off.
+    pub log_flows: bool,
     pub counters: DeviceCounters,
 }
 
@@ -228,6 +271,7 @@ impl Devices {
             routers: HashSet::default(),
             windows: Default::default(),
             first_window: Timestamp::ZERO,
+            log_flows: false,
             counters: DeviceCounters::default(),
         }
     }
@@ -348,6 +392,62 @@ impl Devices {
             .or_default()
     }
 
+    /// The flow log row of `m` in the window of `id` (None when the log is off or full).
+    fn row(
+        &mut self,
+        window: Timestamp,
+        id: DeviceId,
+        m: &FlowMeta,
+        initiator: bool,
+    ) -> Option<&mut FlowWindow> {
+        if !self.log_flows {
+            return None;
+        }
+        let (me, peer, peer_mac) = if initiator {
+            (m.initiator.ip, m.responder.ip, m.responder_mac)
+        } else {
+            (m.responder.ip, m.initiator.ip, m.initiator_mac)
+        };
+        let peer_device = self.id_of(peer, peer_mac);
+        let key = (m.id.0, initiator);
+        let s = self.stats(window, id);
+        if !s.flows.contains_key(&key) && s.flows.len() >= MAX_FLOW_LOG_ROWS {
+            self.counters.flow_log_overflow += 1;
+            return None;
+        }
+        let s = self.stats(window, id);
+        Some(s.flows.entry(key).or_insert_with(|| FlowWindow {
+            window,
+            device: id,
+            flow_id: m.id.0,
+            initiator,
+            device_ip: me,
+            peer_ip: peer,
+            peer_device,
+            proto: m.proto,
+            dest_port: m.responder.port,
+            started: false,
+            app: None,
+            v: [0.0; N_FEATURES],
+        }))
+    }
+
+    /// Adds `n` to feature `i` of device `id` in `window`, and to the flow's row.
+    fn add(
+        &mut self,
+        window: Timestamp,
+        id: DeviceId,
+        m: &FlowMeta,
+        initiator: bool,
+        i: usize,
+        n: f64,
+    ) {
+        self.stats(window, id).v[i] += n;
+        if let Some(r) = self.row(window, id, m, initiator) {
+            r.v[i] += n;
+        }
+    }
+
     /// Both ends of a flow as devices (initiator, responder).
     fn ends(&mut self, m: &FlowMeta) -> (Option<DeviceId>, Option<DeviceId>) {
         (
@@ -380,6 +480,10 @@ impl Devices {
                                 .insert(format!("{proto}/{}", m.responder.port), SMALL_CAP);
                         }
                     }
+                    if let Some(r) = self.row(w, a, m, true) {
+                        r.started = true;
+                        r.v[4] += 1.0;
+                    }
                     let s = self.stats(w, a);
                     s.v[4] += 1.0;
                     if m.proto == 6 || m.proto == 17 {
@@ -391,6 +495,10 @@ impl Devices {
                 // A responder is a device only once it answers (a scan's targets that do not
                 // exist are not devices); flows towards a known device count as its flows_in.
                 if let Some(b) = b.filter(|b| self.profiles.contains_key(b)) {
+                    if let Some(r) = self.row(w, b, m, false) {
+                        r.started = true;
+                        r.v[5] += 1.0;
+                    }
                     let s = self.stats(w, b);
                     s.v[5] += 1.0;
                     s.peers.insert(m.initiator.ip);
@@ -404,9 +512,9 @@ impl Devices {
             } => {
                 self.close_before(*window, out);
                 let (a, b) = self.ends(meta);
-                for (id, ip, mac, out_pb, in_pb) in [
-                    (a, meta.initiator.ip, meta.initiator_mac, *fwd, *rev),
-                    (b, meta.responder.ip, meta.responder_mac, *rev, *fwd),
+                for (id, ip, mac, out_pb, in_pb, initiator) in [
+                    (a, meta.initiator.ip, meta.initiator_mac, *fwd, *rev, true),
+                    (b, meta.responder.ip, meta.responder_mac, *rev, *fwd, false),
                 ] {
                     let Some(id) = id else { continue };
                     if out_pb.0 == 0 && !self.profiles.contains_key(&id) {
@@ -416,11 +524,16 @@ impl Devices {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
                     }
+                    let add = [out_pb.0, in_pb.0, out_pb.1, in_pb.1];
                     let s = self.stats(*window, id);
-                    s.v[0] += out_pb.0 as f64;
-                    s.v[1] += in_pb.0 as f64;
-                    s.v[2] += out_pb.1 as f64;
-                    s.v[3] += in_pb.1 as f64;
+                    for (i, n) in add.iter().enumerate() {
+                        s.v[i] += *n as f64;
+                    }
+                    if let Some(r) = self.row(*window, id, meta, initiator) {
+                        for (i, n) in add.iter().enumerate() {
+                            r.v[i] += *n as f64;
+                        }
+                    }
                 }
             }
             Emitted::App {
@@ -447,7 +560,10 @@ impl Devices {
                             _ => None,
                         };
                         if let Some(i) = idx {
-                            self.stats(w, a).v[i] += 1.0;
+                            self.add(w, a, meta, true, i, 1.0);
+                        }
+                        if let Some(r) = self.row(w, a, meta, true) {
+                            r.app = Some(*app);
                         }
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
@@ -459,7 +575,7 @@ impl Devices {
                         }
                     }
                     ProtoEvent::MqttPublish { topic, .. } if *dir == Direction::Forward => {
-                        self.stats(w, a).v[6] += 1.0;
+                        self.add(w, a, meta, true, 6, 1.0);
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
@@ -489,7 +605,7 @@ impl Devices {
                 if r.failed_attempt() {
                     let w = self.window_of(r.last);
                     if let Some(a) = self.id_of(r.meta.initiator.ip, r.meta.initiator_mac) {
-                        self.stats(w, a).v[10] += 1.0;
+                        self.add(w, a, &r.meta, true, 10, 1.0);
                     }
                 }
             }
@@ -566,6 +682,14 @@ impl Devices {
                         p.peers.insert(peer, cap);
                     }
                 }
+            }
+            if !s.flows.is_empty() {
+                let mut rows: Vec<_> = s.flows.drain().map(|(_, r)| r).collect();
+                rows.sort_by_key(|r| (r.flow_id, !r.initiator));
+                out.extend(
+                    rows.into_iter()
+                        .map(|r| DeviceOutput::FlowWindow(Box::new(r))),
+                );
             }
             s.v[7] = s.peers.len() as f64;
             s.v[8] = new_peers.len() as f64;
