@@ -278,11 +278,22 @@ impl Worker {
         self.hand_on(out);
     }
 
+    /// End of input in pieces: ends up to `max` flows (in flow id order); true while flows
+    /// remain. Keeps the end of a large table from making a burst of events in memory.
+    pub fn finish_some(&mut self, out: &mut Vec<Emitted>, max: usize) -> bool {
+        let more = self.flows.drain_some(&mut self.events, max);
+        self.hand_on(out);
+        more
+    }
+
     /// Latest packet time seen.
     pub fn now(&self) -> Timestamp {
         self.flows.now()
     }
 }
+
+/// Flows ended per piece at the end of input.
+pub const DRAIN_CHUNK: usize = 4096;
 
 /// Output options of a run.
 #[derive(Clone, Debug, Default)]
@@ -501,7 +512,9 @@ impl Engine {
 
     /// Ends all flows, writes the final stats and flushes.
     pub fn finish(&mut self) -> Result<(), AppError> {
-        self.worker.finish(&mut self.emitted);
+        while self.worker.finish_some(&mut self.emitted, DRAIN_CHUNK) {
+            self.write_emitted();
+        }
         self.write_emitted();
         self.back.finish_detectors();
         let now = self.worker.now();

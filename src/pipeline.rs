@@ -10,7 +10,7 @@
 
 use crate::app::{
     order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink,
-    ReplayOptions, ReplayReport, Worker, WorkerCounters,
+    ReplayOptions, ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
 };
 use crate::capture::file::CaptureFile;
 use crate::capture::RawFrame;
@@ -248,13 +248,19 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
             break;
         }
     }
-    w.finish(&mut ev);
-    order_events(&mut ev);
-    let _ = tx.send(Out {
-        worker: id,
-        events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),
-        watermark: u64::MAX,
-    });
+    // The end of input in pieces, each in flow id order; only the last one says "done".
+    loop {
+        let more = w.finish_some(&mut ev, DRAIN_CHUNK);
+        order_events(&mut ev);
+        let sent = tx.send(Out {
+            worker: id,
+            events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),
+            watermark: if more { u64::MAX - 1 } else { u64::MAX },
+        });
+        if !more || sent.is_err() {
+            break;
+        }
+    }
     WorkerEnd {
         counters: w.counters(),
         now: w.now(),

@@ -15,6 +15,17 @@ pub struct Suppressor {
     pub evicted: u64,
 }
 
+/// A borrowed (sid, identifier) key: looks up `(u32, String)` entries without allocating (it
+/// hashes as the owned tuple does).
+#[derive(Hash)]
+struct KeyRef<'a>(u32, &'a str);
+
+impl hashbrown::Equivalent<(u32, String)> for KeyRef<'_> {
+    fn equivalent(&self, k: &(u32, String)) -> bool {
+        self.0 == k.0 && self.1 == k.1
+    }
+}
+
 /// The decision for one finding.
 pub enum Decision {
     /// Write it; `n` repeats were suppressed since the last one written.
@@ -40,7 +51,7 @@ impl Suppressor {
                 suppressed_before: 0,
             };
         }
-        if let Some((until, n)) = self.seen.get_mut(&(sid, identifier.to_string())) {
+        if let Some((until, n)) = self.seen.get_mut(&KeyRef(sid, identifier)) {
             if ts < *until {
                 *n += 1;
                 self.suppressed += 1;

@@ -173,6 +173,9 @@ struct WindowStats {
     flows: HashMap<(u64, bool), FlowWindow>,
 }
 
+/// Entries of the home-network membership cache.
+const HOME_CACHE: usize = 256;
+
 /// Rows of the flow log held per device and window; beyond it rows are counted, not kept.
 pub const MAX_FLOW_LOG_ROWS: usize = 65_536;
 
@@ -258,6 +261,10 @@ pub struct Devices {
     first_window: Timestamp,
     /// Keep each flow's part of the windows, for the flow log. Default off.
     pub log_flows: bool,
+    /// Recent answers of "is this address in the home networks" (direct-mapped by address).
+    home_cache: Box<[(Option<IpAddr>, bool); HOME_CACHE]>,
+    /// Reused buffer for service names.
+    scratch: String,
     pub counters: DeviceCounters,
 }
 
@@ -272,6 +279,8 @@ impl Devices {
             windows: Default::default(),
             first_window: Timestamp::ZERO,
             log_flows: false,
+            home_cache: Box::new([(None, false); HOME_CACHE]),
+            scratch: String::new(),
             counters: DeviceCounters::default(),
         }
     }
@@ -296,13 +305,33 @@ impl Devices {
             }
             IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
         };
-        if !unicast || !self.home.iter().any(|n| n.contains(&ip)) {
+        if !unicast || !self.is_home(ip) {
             return None;
         }
         match mac {
             Some(m) if m[0] & 1 == 0 && !self.routers.contains(&m) => Some(DeviceId::Mac(m)),
             _ => Some(DeviceId::Ip(ip)),
         }
+    }
+
+    /// The address is in one of the home networks (cached: every event asks for both ends).
+    fn is_home(&mut self, ip: IpAddr) -> bool {
+        let h = match ip {
+            IpAddr::V4(v4) => u32::from(v4).wrapping_mul(0x9E37_79B1) >> 24,
+            IpAddr::V6(v6) => {
+                let x = u128::from(v6);
+                ((x as u32) ^ ((x >> 32) as u32) ^ ((x >> 64) as u32) ^ ((x >> 96) as u32))
+                    .wrapping_mul(0x9E37_79B1)
+                    >> 24
+            }
+        } as usize;
+        let slot = &mut self.home_cache[h % HOME_CACHE];
+        if slot.0 == Some(ip) {
+            return slot.1;
+        }
+        let home = self.home.iter().any(|n| n.contains(&ip));
+        *slot = (Some(ip), home);
+        home
     }
 
     /// Learns which MACs are routers from the source addresses they carry.
@@ -473,13 +502,20 @@ impl Devices {
                     "ip"
                 };
                 if let Some(a) = a {
+                    let mut key = std::mem::take(&mut self.scratch);
                     if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out)
                     {
                         if m.proto == 6 || m.proto == 17 {
-                            p.services_used
-                                .insert(format!("{proto}/{}", m.responder.port), SMALL_CAP);
+                            use std::fmt::Write as _;
+                            key.clear();
+                            let _ = write!(key, "{proto}/{}", m.responder.port);
+                            // Allocates only for a service not seen before.
+                            if !p.services_used.contains(&key) {
+                                p.services_used.insert(key.clone(), SMALL_CAP);
+                            }
                         }
                     }
+                    self.scratch = key;
                     if let Some(r) = self.row(w, a, m, true) {
                         r.started = true;
                         r.v[4] += 1.0;

@@ -203,6 +203,8 @@ pub struct FlowTable<H: StreamHandler> {
     /// Start of the current activity window.
     window: Timestamp,
     scratch: Vec<H::Event>,
+    /// Flows still to end at the end of input (slab indexes, last = next).
+    draining: Vec<u32>,
     pub counters: FlowCounters,
 }
 
@@ -220,6 +222,7 @@ impl<H: StreamHandler> FlowTable<H> {
             now: Timestamp::ZERO,
             window: Timestamp::ZERO,
             scratch: Vec::new(),
+            draining: Vec::new(),
             counters: FlowCounters::default(),
         }
     }
@@ -690,16 +693,28 @@ impl<H: StreamHandler> FlowTable<H> {
 
     /// Ends every flow (end of input), oldest first so the output order is deterministic.
     pub fn drain(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
-        let mut all: Vec<(Timestamp, FlowId, u32)> = self
-            .map
-            .values()
-            .map(|&i| {
-                let m = &self.slab[i as usize].rec.meta;
-                (m.first, m.id, i)
-            })
-            .collect();
-        all.sort_unstable();
-        for (_, _, i) in all {
+        while self.drain_some(out, usize::MAX) {}
+    }
+
+    /// Ends up to `max` flows at the end of input, in flow id order (the order the workers'
+    /// events are merged in), so that a large table is handed on in bounded pieces. True while
+    /// flows remain.
+    pub fn drain_some(&mut self, out: &mut Vec<FlowEvent<H::Event>>, max: usize) -> bool {
+        if self.draining.is_empty() {
+            if self.map.is_empty() {
+                return false;
+            }
+            let mut all: Vec<(FlowId, u32)> = self
+                .map
+                .values()
+                .map(|&i| (self.slab[i as usize].rec.meta.id, i))
+                .collect();
+            // Popped from the back: highest id first in the vector.
+            all.sort_unstable_by(|a, b| b.cmp(a));
+            self.draining = all.into_iter().map(|(_, i)| i).collect();
+        }
+        for _ in 0..max {
+            let Some(i) = self.draining.pop() else { break };
             let end = match self.slab[i as usize].rec.tcp {
                 TcpState::Closed => FlowEnd::Fin,
                 TcpState::Reset => FlowEnd::Rst,
@@ -707,5 +722,6 @@ impl<H: StreamHandler> FlowTable<H> {
             };
             self.end(i, end, out);
         }
+        !self.draining.is_empty()
     }
 }

@@ -17,7 +17,7 @@ import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-BIN = os.path.join(ROOT, "target", "release", "tapwatch")
+BIN = os.environ.get("TAPWATCH_BIN") or os.path.join(ROOT, "target", "release", "tapwatch")
 
 
 def run(capture, config):
