@@ -1,14 +1,21 @@
-//! Criterion benches: decode, decode + flow table, and the whole worker, over real captures.
-//! Run: `cargo bench --bench pipeline`.
+//! Criterion benches over real captures in pcaps/: per stage (decode; decode + flow table; the
+//! whole worker with the rule-based detectors; each protocol analyzer on its reassembled
+//! streams; the detectors alone on recorded flow events; learned scoring) and end to end
+//! (`app::replay`, output discarded). Run: `cargo bench --bench pipeline`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::path::Path;
-use tapwatch::app::{Emitted, Worker};
+use std::sync::atomic::AtomicBool;
+use tapwatch::app::{Emitted, OutputOptions, ReplayOptions, Worker};
 use tapwatch::capture::file::{CaptureFile, Next};
 use tapwatch::decode::{self, Decoded, Decoder};
+use tapwatch::detect::learned::Model;
 use tapwatch::detect::Detectors;
-use tapwatch::flow::{FlowConfig, FlowTable, NoPayload};
+use tapwatch::flow::{
+    Direction, FlowConfig, FlowEvent, FlowMeta, FlowTable, NoPayload, StreamHandler,
+};
+use tapwatch::proto::{ProtoLimits, ProtoState};
 use tapwatch::settings::Settings;
 
 /// Reads every frame of a capture into memory once: (link type, timestamp, wire length, bytes).
@@ -105,5 +112,179 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn pcap_path(rel: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pcaps")
+        .join(rel)
+}
+
+/// Records a TCP flow's reassembled stream, handed on when the flow ends.
+struct Recorder {
+    port: u16,
+    chunks: Vec<(Direction, Vec<u8>)>,
+}
+
+impl StreamHandler for Recorder {
+    type Event = (u16, Vec<(Direction, Vec<u8>)>);
+    fn for_flow(meta: &FlowMeta) -> Option<Self> {
+        Some(Recorder {
+            port: meta.responder.port,
+            chunks: Vec::new(),
+        })
+    }
+    fn on_data(&mut self, dir: Direction, data: &[u8], _: &mut Vec<Self::Event>) {
+        self.chunks.push((dir, data.to_vec()));
+    }
+    fn on_gap(&mut self, _: Direction, _: u64) {}
+    fn on_close(&mut self, out: &mut Vec<Self::Event>) {
+        out.push((self.port, std::mem::take(&mut self.chunks)));
+    }
+    fn app_name(&self) -> &'static str {
+        "unknown"
+    }
+}
+
+/// The reassembled TCP streams of a capture whose server port is `port`.
+fn streams(rel: &str, port: u16) -> Vec<Vec<(Direction, Vec<u8>)>> {
+    let fr = frames(rel);
+    let mut d = Decoder::new();
+    let mut t: FlowTable<Recorder> = FlowTable::new(FlowConfig::default());
+    let mut ev = Vec::new();
+    for f in &fr {
+        if let Decoded::Packet(p) = d.decode(&raw(f)) {
+            t.observe(&p, decode::payload(&raw(f), &p), &mut ev);
+        }
+    }
+    t.drain(&mut ev);
+    ev.into_iter()
+        .filter_map(|e| match e {
+            FlowEvent::App {
+                event: (p, chunks), ..
+            } if p == port && !chunks.is_empty() => Some(chunks),
+            _ => None,
+        })
+        .collect()
+}
+
+fn protocols(c: &mut Criterion) {
+    let mut g = c.benchmark_group("proto");
+    for (name, rel, port) in [
+        ("mqtt", "lab/attack.pcap", 1883),
+        ("http", "http/zeek_http_dvwa_sqli.pcapng", 80),
+        ("telnet", "lab/attack.pcap", 23),
+        ("ftp", "bruteforce/zeek_ftp_bruteforce_30_attempts.pcap", 21),
+        ("tls", "benign/ndpi_alexa_app_phone.pcapng", 443),
+    ] {
+        let st = streams(rel, port);
+        let bytes: usize = st.iter().flatten().map(|(_, b)| b.len()).sum();
+        assert!(bytes > 0, "{name}: no stream on port {port} in {rel}");
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                for s in &st {
+                    let mut p = ProtoState::new(port, ProtoLimits::default());
+                    for (dir, data) in s {
+                        p.on_data(*dir, data, &mut out);
+                    }
+                }
+                black_box(out.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+fn detectors_and_model(c: &mut Criterion) {
+    let settings = Settings::default();
+    let rules = tapwatch::detect::rules::RuleSet::embedded().expect("rules");
+    // The worker's events for the lab attack capture, recorded once.
+    let fr = frames("lab/attack.pcap");
+    let mut g = c.benchmark_group("attack.pcap");
+    g.throughput(Throughput::Elements(fr.len() as u64));
+    g.bench_function("detectors (rules) on recorded events", |b| {
+        b.iter_batched(
+            || {
+                let mut w = Worker::new(&settings);
+                let mut out: Vec<Emitted> = Vec::new();
+                let mut clock = tapwatch::app::Clock::default();
+                for f in &fr {
+                    if clock.due(f.1) {
+                        w.tick(f.1, &mut out);
+                    }
+                    w.frame(&raw(f), &mut out);
+                }
+                w.finish(&mut out);
+                out
+            },
+            |events| {
+                let mut det = Detectors::new(&settings, &rules).expect("detectors");
+                let mut findings = Vec::new();
+                for e in &events {
+                    det.on_event(e, &mut findings);
+                }
+                det.finish(&mut findings);
+                black_box(findings.len())
+            },
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    g.bench_function("end to end (replay, output discarded)", |b| {
+        let opts = ReplayOptions {
+            inputs: vec![pcap_path("lab/attack.pcap")],
+            output: OutputOptions {
+                discard: true,
+                ..Default::default()
+            },
+            progress: false,
+            quiet: true,
+            bench: false,
+            model: Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json"))
+                .ok(),
+            learning: Default::default(),
+            workers: 1,
+        };
+        b.iter(|| {
+            let r = tapwatch::app::replay(&settings, rules.clone(), &opts, &AtomicBool::new(false))
+                .expect("replay");
+            black_box(r.stats.decode.packets)
+        })
+    });
+    g.finish();
+
+    // Learned scoring: every window of the lab attack capture, with the shipped model.
+    let model = Model::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json"))
+        .expect("model");
+    let r = tapwatch::app::collect(
+        &settings,
+        rules.clone(),
+        &[pcap_path("lab/attack.pcap")],
+        &AtomicBool::new(false),
+    )
+    .expect("collect");
+    let windows = r
+        .analysis
+        .learner
+        .as_ref()
+        .and_then(|l| l.kept.clone())
+        .unwrap_or_default();
+    assert!(!windows.is_empty());
+    let mut g = c.benchmark_group("learned");
+    g.throughput(Throughput::Elements(windows.len() as u64));
+    g.bench_function("kmeans score", |b| {
+        b.iter(|| {
+            let s: f64 = windows.iter().map(|w| model.score(&w.values)).sum();
+            black_box(s)
+        })
+    });
+    g.bench_function("score + explain", |b| {
+        b.iter(|| {
+            let n: usize = windows.iter().map(|w| model.explain(w, 3).len()).sum();
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, protocols, detectors_and_model);
 criterion_main!(benches);
