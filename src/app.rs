@@ -207,6 +207,14 @@ impl Worker {
         self.hand_on(out);
     }
 
+    /// [`Worker::tick`] in pieces of up to `max` flows; true while some remain (call again
+    /// before the next frame).
+    pub fn tick_some(&mut self, now: Timestamp, out: &mut Vec<Emitted>, max: usize) -> bool {
+        let more = self.flows.tick_some(now, &mut self.events, max);
+        self.hand_on(out);
+        more
+    }
+
     /// Runs one frame through the stages. The owner of the [`Clock`] ticks the worker before
     /// frames that enter a new second.
     pub fn frame(&mut self, frame: &RawFrame<'_>, out: &mut Vec<Emitted>) {
@@ -292,7 +300,7 @@ impl Worker {
     }
 }
 
-/// Flows ended per piece at the end of input.
+/// Flows handled per piece when many end or report at once (a tick, the end of input).
 pub const DRAIN_CHUNK: usize = 4096;
 
 /// Output options of a run.
@@ -472,7 +480,12 @@ impl Engine {
             self.first_ts = Some(frame.ts);
         }
         if self.clock.due(frame.ts) {
-            self.worker.tick(frame.ts, &mut self.emitted);
+            while self
+                .worker
+                .tick_some(frame.ts, &mut self.emitted, DRAIN_CHUNK)
+            {
+                self.write_emitted();
+            }
             if !self.emitted.is_empty() {
                 self.write_emitted();
             }

@@ -196,9 +196,10 @@ fn shard_settings(settings: &Settings, n: usize) -> Settings {
 fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Out>) -> WorkerEnd {
     let mut w = Worker::new(settings);
     let mut ev: Vec<Emitted> = Vec::with_capacity(64);
+    // The last sequence number whose events are all handed on.
+    let mut watermark = 0;
     for batch in rx {
         let mut out = Vec::new();
-        let mut watermark = 0;
         for item in &batch.items {
             let seq = match *item {
                 Item::Frame {
@@ -228,7 +229,22 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
                     seq
                 }
                 Item::Tick { seq, ts } => {
-                    w.tick(ts, &mut ev);
+                    // A tick of many flows goes on in pieces, each marked as not yet complete.
+                    while w.tick_some(ts, &mut ev, DRAIN_CHUNK) {
+                        order_events(&mut ev);
+                        out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
+                        let piece = Out {
+                            worker: id,
+                            events: std::mem::take(&mut out),
+                            watermark,
+                        };
+                        if tx.send(piece).is_err() {
+                            return WorkerEnd {
+                                counters: w.counters(),
+                                now: w.now(),
+                            };
+                        }
+                    }
                     seq
                 }
                 Item::Mark { seq } => seq,

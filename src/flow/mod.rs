@@ -191,6 +191,19 @@ struct List {
     tail: u32,
 }
 
+/// What a tick does to a flow.
+const TICK_REPORT: u8 = 1;
+const TICK_EXPIRE: u8 = 2;
+
+/// The classes in list order (index = `Class as usize`).
+const CLASS_ORDER: [Class; CLASSES] = [
+    Class::HalfOpen,
+    Class::Closed,
+    Class::Other,
+    Class::Udp,
+    Class::Established,
+];
+
 /// The flow table of one worker.
 pub struct FlowTable<H: StreamHandler> {
     cfg: FlowConfig,
@@ -205,6 +218,10 @@ pub struct FlowTable<H: StreamHandler> {
     scratch: Vec<H::Event>,
     /// Flows still to end at the end of input (slab indexes, last = next).
     draining: Vec<u32>,
+    /// Work of the current tick still to do: (flow id, slab index, TICK_* flags), last = next.
+    ticking: Vec<(FlowId, u32, u8)>,
+    /// The window whose activity the current tick reports.
+    tick_window: Timestamp,
     pub counters: FlowCounters,
 }
 
@@ -223,6 +240,8 @@ impl<H: StreamHandler> FlowTable<H> {
             window: Timestamp::ZERO,
             scratch: Vec::new(),
             draining: Vec::new(),
+            ticking: Vec::new(),
+            tick_window: Timestamp::ZERO,
             counters: FlowCounters::default(),
         }
     }
@@ -287,20 +306,100 @@ impl<H: StreamHandler> FlowTable<H> {
     /// time, from a clock that sees every packet (all workers get the same ticks, so flows end at
     /// the same moments whatever the sharding).
     pub fn tick(&mut self, now: Timestamp, out: &mut Vec<FlowEvent<H::Event>>) {
+        while self.tick_some(now, out, usize::MAX) {}
+    }
+
+    /// [`FlowTable::tick`] in pieces: handles up to `max` flows (in flow id order, the order
+    /// the workers' events are merged in) and returns true while some remain, so that a window
+    /// report or an expiry of many flows is handed on in bounded pieces. Call it again (with no
+    /// packet in between) until it returns false.
+    pub fn tick_some(
+        &mut self,
+        now: Timestamp,
+        out: &mut Vec<FlowEvent<H::Event>>,
+        max: usize,
+    ) -> bool {
+        if self.ticking.is_empty() {
+            self.plan_tick(now);
+        }
+        for _ in 0..max {
+            let Some((_, i, what)) = self.ticking.pop() else {
+                break;
+            };
+            if what & TICK_REPORT != 0 {
+                self.report_entry_in(i, self.tick_window, out);
+            }
+            if what & TICK_EXPIRE != 0 && self.slab[i as usize].live {
+                let end = match self.slab[i as usize].rec.tcp {
+                    TcpState::Closed => FlowEnd::Fin,
+                    TcpState::Reset => FlowEnd::Rst,
+                    _ => {
+                        self.counters.idle_timeouts += 1;
+                        FlowEnd::IdleTimeout
+                    }
+                };
+                self.end(i, end, out);
+            }
+        }
+        !self.ticking.is_empty()
+    }
+
+    /// Lists what a tick at `now` does: the flows active in a window that just closed (their
+    /// activity is reported) and the flows idle past their timeout (they end), by flow id.
+    fn plan_tick(&mut self, now: Timestamp) {
         if now > self.now {
             self.now = now;
         }
+        let mut plan = std::mem::take(&mut self.ticking);
+        plan.clear();
         if self.cfg.window_secs > 0 {
             let w = self.cfg.window_secs;
             let start = Timestamp::from_secs(self.now.secs() / w * w);
             if start > self.window {
                 if self.window > Timestamp::ZERO {
-                    self.report_window(out);
+                    // Every flow seen in the closing window: the class lists are ordered by
+                    // last packet, so only those are visited.
+                    let closing = self.window;
+                    for c in 0..CLASSES {
+                        let mut i = self.lists[c].head;
+                        while i != NIL {
+                            let e = &self.slab[i as usize];
+                            if e.rec.last < closing {
+                                break;
+                            }
+                            plan.push((e.rec.meta.id, i, TICK_REPORT));
+                            i = e.next;
+                        }
+                    }
+                    self.tick_window = closing;
                 }
                 self.window = start;
             }
         }
-        self.expire(out);
+        for (c, class) in CLASS_ORDER.iter().enumerate() {
+            let timeout = self.timeout(*class);
+            let mut i = self.lists[c].tail;
+            while i != NIL {
+                let e = &self.slab[i as usize];
+                if self.now.secs_since(e.rec.last) < timeout {
+                    break;
+                }
+                plan.push((e.rec.meta.id, i, TICK_EXPIRE));
+                i = e.prev;
+            }
+        }
+        // By flow id, highest first (popped from the back); a flow both reported and expired
+        // becomes one entry.
+        plan.sort_unstable_by_key(|&(id, i, _)| std::cmp::Reverse((id, i)));
+        plan.dedup_by(|later, kept| {
+            if later.1 == kept.1 {
+                kept.2 |= later.2;
+                true
+            } else {
+                false
+            }
+        });
+        self.ticking = plan;
     }
 
     /// Processes one packet. `payload` is its captured L4 payload.
@@ -544,6 +643,11 @@ impl<H: StreamHandler> FlowTable<H> {
 
     /// Reports the activity of flow `idx` since its last report, if any.
     fn report_entry(&mut self, idx: u32, out: &mut Vec<FlowEvent<H::Event>>) {
+        self.report_entry_in(idx, self.window, out);
+    }
+
+    /// Reports flow `idx`'s packets and bytes since its last report, as activity of `window`.
+    fn report_entry_in(&mut self, idx: u32, window: Timestamp, out: &mut Vec<FlowEvent<H::Event>>) {
         if self.cfg.window_secs == 0 {
             return;
         }
@@ -565,28 +669,10 @@ impl<H: StreamHandler> FlowTable<H> {
         e.reported = cur;
         out.push(FlowEvent::Activity {
             meta: e.rec.meta,
-            window: self.window,
+            window,
             fwd,
             rev,
         });
-    }
-
-    /// Closes the current activity window: reports every flow seen in it. The class lists are
-    /// ordered by last packet, so only the flows active in the window are visited.
-    fn report_window(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
-        let start = self.window;
-        for c in 0..CLASSES {
-            let mut i = self.lists[c].head;
-            while i != NIL {
-                let e = &self.slab[i as usize];
-                let next = e.next;
-                if e.rec.last < start {
-                    break;
-                }
-                self.report_entry(i, out);
-                i = next;
-            }
-        }
     }
 
     /// Ends flow `idx` with `end`, writing its record.
@@ -654,39 +740,6 @@ impl<H: StreamHandler> FlowTable<H> {
                 self.counters.evicted += 1;
                 self.end(t, FlowEnd::Evicted, out);
                 return;
-            }
-        }
-    }
-
-    /// Ends flows idle for longer than their class's timeout.
-    pub fn expire(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
-        for c in 0..CLASSES {
-            let class = [
-                Class::HalfOpen,
-                Class::Closed,
-                Class::Other,
-                Class::Udp,
-                Class::Established,
-            ][c];
-            let timeout = self.timeout(class);
-            loop {
-                let t = self.lists[c].tail;
-                if t == NIL {
-                    break;
-                }
-                let last = self.slab[t as usize].rec.last;
-                if self.now.secs_since(last) < timeout {
-                    break;
-                }
-                let end = match self.slab[t as usize].rec.tcp {
-                    TcpState::Closed => FlowEnd::Fin,
-                    TcpState::Reset => FlowEnd::Rst,
-                    _ => {
-                        self.counters.idle_timeouts += 1;
-                        FlowEnd::IdleTimeout
-                    }
-                };
-                self.end(t, end, out);
             }
         }
     }

@@ -62,3 +62,60 @@ fn one_and_several_workers_give_the_same_alerts_and_flows() {
     assert_eq!(st["decoder"]["pkts"], 27646);
     assert_eq!(st["flow"]["ended"], st["flow"]["total"]);
 }
+
+/// The worker's events, with ticks and the end of input handed on whole or in pieces of
+/// `piece` flows (each piece ordered like a whole batch).
+fn worker_events(rel: &str, piece: Option<usize>) -> Vec<String> {
+    use tapwatch::app::{order_events, Clock, Emitted, Worker};
+    use tapwatch::capture::file::{CaptureFile, Next};
+    let settings = tapwatch::settings::Settings::default();
+    let mut w = Worker::new(&settings);
+    let mut f = CaptureFile::open(&pcap(rel)).unwrap();
+    let mut clock = Clock::default();
+    let (mut ev, mut all): (Vec<Emitted>, Vec<String>) = (Vec::new(), Vec::new());
+    let hand_on = |ev: &mut Vec<Emitted>, all: &mut Vec<String>| {
+        order_events(ev);
+        all.extend(ev.drain(..).map(|e| format!("{e:?}")));
+    };
+    while let Ok(Next::Frame(fr)) = f.next_frame() {
+        if clock.due(fr.ts) {
+            match piece {
+                None => w.tick(fr.ts, &mut ev),
+                Some(n) => {
+                    while w.tick_some(fr.ts, &mut ev, n) {
+                        hand_on(&mut ev, &mut all);
+                    }
+                }
+            }
+            hand_on(&mut ev, &mut all);
+        }
+        w.frame(&fr, &mut ev);
+        hand_on(&mut ev, &mut all);
+    }
+    match piece {
+        None => w.finish(&mut ev),
+        Some(n) => {
+            while w.finish_some(&mut ev, n) {
+                hand_on(&mut ev, &mut all);
+            }
+        }
+    }
+    hand_on(&mut ev, &mut all);
+    all
+}
+
+#[test]
+fn ticks_and_the_end_of_input_in_pieces_give_the_same_events() {
+    for rel in [
+        "lab/attack.pcap",
+        "scan/ndpi_nmap_syn_scan_1000_ports.pcap",
+        "benign/ndpi_nest_log_sink.pcap",
+    ] {
+        let whole = worker_events(rel, None);
+        let activity = whole.iter().filter(|e| e.starts_with("Activity")).count();
+        assert!(activity > 10, "{rel}: {activity} activity reports");
+        for n in [1, 7] {
+            assert_eq!(worker_events(rel, Some(n)), whole, "{rel}, pieces of {n}");
+        }
+    }
+}
