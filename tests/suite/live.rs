@@ -157,6 +157,36 @@ fn live_capture_sees_ping_and_stops_cleanly_on_sigint() {
     );
 }
 
+/// Pings inside `ns` (traffic for the capture), then sends SIGINT to `child` and waits (10 s at
+/// most) for it to stop.
+fn ping_then_interrupt(ns: &str, child: &mut std::process::Child) -> std::process::ExitStatus {
+    sh(&[
+        "ip",
+        "netns",
+        "exec",
+        ns,
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "127.0.0.1",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    sh(&["kill", "-INT", &child.id().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("tapwatch live did not stop within 10 s of SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn status_field(pid: u32, field: &str) -> Option<String> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -230,31 +260,7 @@ fn live_capture_drops_root_with_user() {
         );
     }
     // Still capturing after the switch.
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "127.0.0.1",
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-    sh(&["kill", "-INT", &pid.to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tapwatch live did not stop within 10 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = ping_then_interrupt(&ns.0, &mut child);
     let mut err = String::new();
     use std::io::Read;
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
@@ -358,31 +364,7 @@ fn live_capture_with_file_capabilities_drops_them_once_open() {
         status_field(pid, "CapPrm:").as_deref(),
         Some("0000000000000000")
     );
-    sh(&[
-        "ip",
-        "netns",
-        "exec",
-        &ns.0,
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "127.0.0.1",
-    ]);
-    std::thread::sleep(Duration::from_millis(300));
-    sh(&["kill", "-INT", &pid.to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tapwatch live did not stop within 10 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = ping_then_interrupt(&ns.0, &mut child);
     use std::io::Read;
     let _ = child.stderr.take().unwrap().read_to_string(&mut err);
     assert_eq!(status.code(), Some(130), "stderr: {err}");
