@@ -459,15 +459,21 @@ impl Engine {
         model: Option<Model>,
         learning: Learning,
     ) -> Result<Self, AppError> {
-        Ok(Engine {
+        let back = Back::new(settings, rules, out, model, learning)?;
+        Ok(Engine::from_back(settings, back))
+    }
+
+    /// An engine (one worker, inline) around an opened back end.
+    pub fn from_back(settings: &Settings, back: Back) -> Self {
+        Engine {
             worker: Worker::new(settings),
-            back: Back::new(settings, rules, out, model, learning)?,
+            back,
             emitted: Vec::with_capacity(64),
             stats_interval: 0,
             next_stats: None,
             first_ts: None,
             clock: Clock::default(),
-        })
+        }
     }
 
     /// Writes a `stats` event every `secs` seconds of packet time (0 = only at the end).
@@ -736,15 +742,7 @@ pub fn replay(
     if opts.workers > 1 {
         return crate::pipeline::replay_parallel(settings, rules, opts, files, stop);
     }
-    let mut engine = Engine {
-        worker: Worker::new(settings),
-        back: Back::for_replay(settings, rules, opts)?,
-        emitted: Vec::with_capacity(64),
-        stats_interval: 0,
-        next_stats: None,
-        first_ts: None,
-        clock: Clock::default(),
-    };
+    let mut engine = Engine::from_back(settings, Back::for_replay(settings, rules, opts)?);
     if opts.bench {
         engine.worker.timing = Some(StageTimes::default());
     }

@@ -215,6 +215,8 @@ pub struct LiveArgs {
     pub out: OutputArgs,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Interface to capture on.
     #[arg(short, long, value_name = "IFACE")]
     pub interface: String,

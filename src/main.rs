@@ -168,6 +168,7 @@ fn live(
         model,
         learning,
         user: a.user.clone(),
+        workers: a.workers.count(),
     };
     tapwatch::capture::live::run(s, rules, &opts, &output(&a.out), a.out.quiet, &stop)
 }

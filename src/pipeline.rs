@@ -1,4 +1,5 @@
-//! Multi-worker replay: one reader, N workers sharded by flow hash, one back end.
+//! Multi-worker runs (replay and live): one reader, N workers sharded by flow hash, one back
+//! end.
 //!
 //! The reader walks the inputs and hands each worker, over a bounded crossbeam channel and in
 //! batches, the positions of its frames in the shared memory map (no copy; frames of a stream
@@ -9,7 +10,7 @@
 //! order the single-threaded engine uses — so one worker and N workers give the same alerts.
 
 use crate::app::{
-    order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink,
+    order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, InputResult,
     ReplayOptions, ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
 };
 use crate::capture::file::CaptureFile;
@@ -72,6 +73,10 @@ struct Out {
     worker: usize,
     events: Vec<(u64, u64, Emitted)>,
     watermark: u64,
+    /// The worker's counters, sent with the batches that carry a tick (for periodic stats).
+    counters: Option<Box<WorkerCounters>>,
+    /// The worker's packet time.
+    now: Timestamp,
 }
 
 /// What a worker hands back when it ends.
@@ -193,13 +198,20 @@ fn shard_settings(settings: &Settings, n: usize) -> Settings {
     s
 }
 
-fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Out>) -> WorkerEnd {
+fn run_worker(
+    id: usize,
+    settings: &Settings,
+    stats: bool,
+    rx: Receiver<Batch>,
+    tx: Sender<Out>,
+) -> WorkerEnd {
     let mut w = Worker::new(settings);
     let mut ev: Vec<Emitted> = Vec::with_capacity(64);
     // The last sequence number whose events are all handed on.
     let mut watermark = 0;
     for batch in rx {
         let mut out = Vec::new();
+        let mut ticked = false;
         for item in &batch.items {
             let seq = match *item {
                 Item::Frame {
@@ -237,6 +249,8 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
                             worker: id,
                             events: std::mem::take(&mut out),
                             watermark,
+                            counters: None,
+                            now: w.now(),
                         };
                         if tx.send(piece).is_err() {
                             return WorkerEnd {
@@ -245,6 +259,7 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
                             };
                         }
                     }
+                    ticked = true;
                     seq
                 }
                 Item::Mark { seq } => seq,
@@ -258,6 +273,8 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
                 worker: id,
                 events: out,
                 watermark,
+                counters: (stats && ticked).then(|| Box::new(w.counters())),
+                now: w.now(),
             })
             .is_err()
         {
@@ -272,6 +289,8 @@ fn run_worker(id: usize, settings: &Settings, rx: Receiver<Batch>, tx: Sender<Ou
             worker: id,
             events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),
             watermark: if more { u64::MAX - 1 } else { u64::MAX },
+            counters: None,
+            now: w.now(),
         });
         if !more || sent.is_err() {
             break;
@@ -317,17 +336,31 @@ impl Merger {
     }
 }
 
-/// Replays `files` with `opts.workers` workers.
-pub fn replay_parallel(
+/// Kernel capture counters shared by a live reader with the back end: received, dropped by the
+/// kernel, dropped by the interface.
+pub type KernelCounters = Arc<[AtomicU64; 3]>;
+
+/// How a parallel run ended.
+pub struct ParallelEnd {
+    pub input: InputResult,
+    pub back: Back,
+    pub counters: WorkerCounters,
+    pub first_ts: Option<Timestamp>,
+    pub now: Timestamp,
+}
+
+/// Runs `n` workers and the back end while `feed` hands frames to the reader side (in the
+/// calling thread). With `stats_interval` > 0 the back end writes a `stats` event every that
+/// many seconds of packet time, with the workers' latest counters and `kernel`'s.
+pub fn run_parallel(
     settings: &Settings,
-    rules: RuleSet,
-    opts: &ReplayOptions,
-    files: Vec<CaptureFile>,
-    stop: &AtomicBool,
-) -> Result<ReplayReport, AppError> {
-    let n = opts.workers.max(1);
-    let mut back = Back::for_replay(settings, rules, opts)?;
-    let started = Instant::now();
+    mut back: Back,
+    n: usize,
+    stats_interval: u64,
+    kernel: Option<KernelCounters>,
+    feed: impl FnOnce(&mut dyn FrameSink) -> InputResult,
+) -> Result<ParallelEnd, AppError> {
+    let n = n.max(1);
     let closed = Arc::new(AtomicBool::new(false));
     let (out_tx, out_rx) = bounded::<Out>(4 * n);
     let mut senders = Vec::with_capacity(n);
@@ -338,13 +371,14 @@ pub fn replay_parallel(
         receivers.push(rx);
     }
     let shard = &shard_settings(settings, n);
+    let stats = stats_interval > 0;
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {
         let workers: Vec<_> = receivers
             .into_iter()
             .enumerate()
             .map(|(id, rx)| {
                 let tx = out_tx.clone();
-                scope.spawn(move || run_worker(id, shard, rx, tx))
+                scope.spawn(move || run_worker(id, shard, stats, rx, tx))
             })
             .collect();
         drop(out_tx);
@@ -355,11 +389,35 @@ pub fn replay_parallel(
                 watermark: vec![0; n],
             };
             let mut flushed = Instant::now();
+            let mut latest: Vec<WorkerCounters> = vec![WorkerCounters::default(); n];
+            let (mut first, mut next_stats) = (None::<Timestamp>, None::<Timestamp>);
             for o in out_rx.iter() {
                 m.watermark[o.worker] = o.watermark;
                 m.queues[o.worker].extend(o.events);
                 m.pump(&mut back);
-                // A slow input (a pipe): what is written shows within a fraction of a second.
+                if let Some(c) = o.counters {
+                    latest[o.worker] = *c;
+                    let now = o.now;
+                    first.get_or_insert(now);
+                    match next_stats {
+                        None => next_stats = Some(now.plus_secs(stats_interval)),
+                        Some(t) if now >= t => {
+                            let mut sum = WorkerCounters::default();
+                            latest.iter().for_each(|c| sum.merge(c));
+                            if let Some(k) = &kernel {
+                                let cap = &mut back.stats.capture;
+                                cap.kernel_received = k[0].load(Ordering::Relaxed);
+                                cap.kernel_drops = k[1].load(Ordering::Relaxed);
+                                cap.if_drops = k[2].load(Ordering::Relaxed);
+                            }
+                            back.write_stats(now, first, &sum);
+                            next_stats = Some(now.plus_secs(stats_interval));
+                        }
+                        _ => {}
+                    }
+                }
+                // A slow input (a pipe, a quiet link): what is written shows within a fraction
+                // of a second.
                 if out_rx.is_empty() && flushed.elapsed().as_millis() >= 200 {
                     back.writer.flush();
                     flushed = Instant::now();
@@ -382,7 +440,7 @@ pub fn replay_parallel(
             packets: Arc::new(AtomicU64::new(0)),
             closed: Arc::clone(&closed),
         };
-        let input = read_inputs(files, &mut reader, opts.progress && !opts.quiet, stop);
+        let input = feed(&mut reader);
         reader.flush_all(None);
         let first_ts = reader.first_ts;
         drop(reader);
@@ -403,20 +461,44 @@ pub fn replay_parallel(
         counters.merge(&e.counters);
         now = now.max(e.now);
     }
-    back.stats.capture = input.capture;
-    back.stats.truncated_inputs = input.truncated;
-    back.write_stats(now, first_ts, &counters);
+    Ok(ParallelEnd {
+        input,
+        back,
+        counters,
+        first_ts,
+        now,
+    })
+}
+
+/// Replays `files` with `opts.workers` workers.
+pub fn replay_parallel(
+    settings: &Settings,
+    rules: RuleSet,
+    opts: &ReplayOptions,
+    files: Vec<CaptureFile>,
+    stop: &AtomicBool,
+) -> Result<ReplayReport, AppError> {
+    let back = Back::for_replay(settings, rules, opts)?;
+    let started = Instant::now();
+    let progress = opts.progress && !opts.quiet;
+    let end = run_parallel(settings, back, opts.workers, 0, None, |sink| {
+        read_inputs(files, sink, progress, stop)
+    })?;
+    let mut back = end.back;
+    back.stats.capture = end.input.capture;
+    back.stats.truncated_inputs = end.input.truncated;
+    back.write_stats(end.now, end.first_ts, &end.counters);
     back.close()?;
     let wall = started.elapsed();
     report_end(opts, &back, wall);
     Ok(ReplayReport {
-        outcome: input.outcome,
+        outcome: end.input.outcome,
         stats: back.stats.clone(),
         wall,
         times: None,
-        first_ts,
-        last_ts: now,
-        workers: n,
+        first_ts: end.first_ts,
+        last_ts: end.now,
+        workers: opts.workers.max(1),
         analysis: back.analysis,
     })
 }

@@ -20,6 +20,8 @@ pub struct LiveOptions {
     pub learning: crate::analysis::Learning,
     /// Switch to this user once the capture and the output are open (`--user`).
     pub user: Option<String>,
+    /// Worker threads (1: every stage on the capture thread).
+    pub workers: usize,
 }
 
 fn err(iface: &str, e: pcap::Error) -> AppError {
@@ -85,8 +87,8 @@ fn capture_loop(
     link: u32,
     iface: &str,
 ) -> Result<Outcome, AppError> {
-    let mut engine = Engine::new(settings, rules, out, opts.model.clone(), opts.learning)?;
-    engine.set_stats_interval(settings.stats_interval_secs);
+    // Opens the output (before privileges are dropped).
+    let back = crate::app::Back::new(settings, rules, out, opts.model.clone(), opts.learning)?;
     // The capture and the output file are open: nothing privileged is left to do.
     use crate::privilege::{drop_privileges, Dropped};
     match drop_privileges(opts.user.as_deref()).map_err(AppError::Usage)? {
@@ -102,6 +104,11 @@ fn capture_loop(
         ),
         _ => {}
     }
+    if opts.workers > 1 {
+        return capture_parallel(settings, back, opts, quiet, stop, cap, link, iface);
+    }
+    let mut engine = Engine::from_back(settings, back);
+    engine.set_stats_interval(settings.stats_interval_secs);
     let started = std::time::Instant::now();
     let mut outcome = Outcome::Done;
     let mut frames: u64 = 0;
@@ -174,4 +181,104 @@ fn capture_loop(
         );
     }
     Ok(outcome)
+}
+
+fn kernel_stats(cap: &mut pcap::Capture<pcap::Active>, k: &crate::pipeline::KernelCounters) {
+    if let Ok(st) = cap.stats() {
+        k[0].store(u64::from(st.received), Ordering::Relaxed);
+        k[1].store(u64::from(st.dropped), Ordering::Relaxed);
+        k[2].store(u64::from(st.if_dropped), Ordering::Relaxed);
+    }
+}
+
+/// The capture thread feeds N workers (each frame copied once, into the batch of its worker);
+/// the back end writes alerts and periodic stats.
+#[allow(clippy::too_many_arguments)]
+fn capture_parallel(
+    settings: &Settings,
+    back: crate::app::Back,
+    opts: &LiveOptions,
+    quiet: bool,
+    stop: &AtomicBool,
+    cap: &mut pcap::Capture<pcap::Active>,
+    link: u32,
+    iface: &str,
+) -> Result<Outcome, AppError> {
+    use crate::app::{FrameSink, InputResult};
+    let started = std::time::Instant::now();
+    let kernel: crate::pipeline::KernelCounters = Default::default();
+    let mut failure = None;
+    let end = crate::pipeline::run_parallel(
+        settings,
+        back,
+        opts.workers,
+        settings.stats_interval_secs,
+        Some(kernel.clone()),
+        |sink: &mut dyn FrameSink| {
+            let mut r = InputResult {
+                outcome: Outcome::Done,
+                capture: Default::default(),
+                truncated: Vec::new(),
+            };
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    r.outcome = Outcome::Interrupted;
+                    break;
+                }
+                if sink.output_closed() {
+                    break;
+                }
+                match cap.next_packet() {
+                    Ok(p) => {
+                        r.capture.frames += 1;
+                        let ts = Timestamp::from_secs_nanos(
+                            p.header.ts.tv_sec.max(0) as u64,
+                            (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
+                        );
+                        sink.frame(&crate::capture::RawFrame {
+                            ts,
+                            wire_len: p.header.len,
+                            link,
+                            bytes: p.data,
+                        });
+                        if r.capture.frames.is_multiple_of(1024) {
+                            kernel_stats(cap, &kernel);
+                        }
+                    }
+                    // A quiet link: hand on what is pending, so alerts are written.
+                    Err(pcap::Error::TimeoutExpired) => {
+                        kernel_stats(cap, &kernel);
+                        sink.idle();
+                    }
+                    Err(pcap::Error::NoMorePackets) => {
+                        if stop.load(Ordering::Relaxed) {
+                            r.outcome = Outcome::Interrupted;
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        // Keep what was gathered: finish cleanly, then report.
+                        failure = Some(format!("{iface}: {e}"));
+                        break;
+                    }
+                }
+            }
+            kernel_stats(cap, &kernel);
+            r
+        },
+    )?;
+    let mut back = end.back;
+    back.stats.capture.frames = end.input.capture.frames;
+    back.stats.capture.kernel_received = kernel[0].load(Ordering::Relaxed);
+    back.stats.capture.kernel_drops = kernel[1].load(Ordering::Relaxed);
+    back.stats.capture.if_drops = kernel[2].load(Ordering::Relaxed);
+    back.write_stats(end.now, end.first_ts, &end.counters);
+    back.close()?;
+    if let Some(f) = failure {
+        return Err(AppError::Runtime(f));
+    }
+    if !quiet {
+        eprint!("{}", back.stats.summary(started.elapsed().as_secs_f64()));
+    }
+    Ok(end.input.outcome)
 }

@@ -76,85 +76,93 @@ fn live_capture_sees_ping_and_stops_cleanly_on_sigint() {
         return;
     }
     let ns = &sensor;
-    let out = std::env::temp_dir().join(format!("tapwatch-live-{}.json", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let mut child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.0,
-            env!("CARGO_BIN_EXE_tapwatch"),
-            "live",
-            "-i",
-            "tw1",
-            "-q",
-            "--flows",
-        ])
-        .args(["-f", "icmp", "-o", out.to_str().unwrap()])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start tapwatch live");
-    // Wait until the capture is open (bounded).
-    std::thread::sleep(Duration::from_millis(1500));
-    let pinged = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &client.0,
-            "ping",
-            "-c",
-            "5",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "198.18.200.2",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    std::thread::sleep(Duration::from_millis(500));
-    // SIGINT the sensor (the `ip netns exec` wrapper execs it, so the PID is the sensor's).
-    sh(&["kill", "-INT", &child.id().to_string()]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
+    // Inline (one thread) and with two workers fed by the capture thread.
+    for workers in ["1", "2"] {
+        let out = std::env::temp_dir().join(format!(
+            "tapwatch-live-{}-{workers}.json",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&out);
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.0,
+                env!("CARGO_BIN_EXE_tapwatch"),
+                "live",
+                "-i",
+                "tw1",
+                "-q",
+                "--flows",
+                "--workers",
+                workers,
+            ])
+            .args(["-f", "icmp", "-o", out.to_str().unwrap()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start tapwatch live");
+        // Wait until the capture is open (bounded).
+        std::thread::sleep(Duration::from_millis(1500));
+        let pinged = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client.0,
+                "ping",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "1",
+                "198.18.200.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        std::thread::sleep(Duration::from_millis(500));
+        // SIGINT the sensor (the `ip netns exec` wrapper execs it, so the PID is the sensor's).
+        sh(&["kill", "-INT", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tapwatch live did not stop within 10 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        assert_eq!(
+            status.code(),
+            Some(130),
+            "exit code after SIGINT ({workers} workers); stderr: {err}"
+        );
+        let ev = events(&std::fs::read(&out).expect("output written"));
+        let _ = std::fs::remove_file(&out);
+        let st = final_stats(&ev);
+        if !pinged {
+            eprintln!("note: ping reported failure; checking what was captured anyway");
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("tapwatch live did not stop within 10 s of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    use std::io::Read;
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-    assert_eq!(
-        status.code(),
-        Some(130),
-        "exit code after SIGINT; stderr: {err}"
-    );
-    let ev = events(&std::fs::read(&out).expect("output written"));
-    let _ = std::fs::remove_file(&out);
-    let st = final_stats(&ev);
-    if !pinged {
-        eprintln!("note: ping reported failure; checking what was captured anyway");
+        let icmp = st["decoder"]["icmp"].as_u64().unwrap();
+        assert!(icmp >= 5, "ICMP packets seen: {st}");
+        let flows = of_type(&ev, "flow");
+        assert!(
+            flows.iter().any(|f| f["proto"] == "ICMP"
+                && (f["src_ip"] == "198.18.200.1" || f["dest_ip"] == "198.18.200.1")),
+            "ICMP flow flushed at shutdown: {flows:?}"
+        );
+        assert!(
+            st["capture"]["kernel_packets"].as_u64().unwrap() >= 5,
+            "kernel counters: {st}"
+        );
     }
-    let icmp = st["decoder"]["icmp"].as_u64().unwrap();
-    assert!(icmp >= 5, "ICMP packets seen: {st}");
-    let flows = of_type(&ev, "flow");
-    assert!(
-        flows.iter().any(|f| f["proto"] == "ICMP"
-            && (f["src_ip"] == "198.18.200.1" || f["dest_ip"] == "198.18.200.1")),
-        "ICMP flow flushed at shutdown: {flows:?}"
-    );
-    assert!(
-        st["capture"]["kernel_packets"].as_u64().unwrap() >= 5,
-        "kernel counters: {st}"
-    );
 }
 
 /// Pings inside `ns` (traffic for the capture), then sends SIGINT to `child` and waits (10 s at
