@@ -88,6 +88,8 @@ struct WorkerEnd {
 /// The reader side: shards frames into per-worker batches.
 struct Reader {
     senders: Vec<Sender<Batch>>,
+    /// Batches the workers are done with, to be filled again (their buffers keep capacity).
+    recycled: Receiver<Batch>,
     pending: Vec<Batch>,
     map: Option<Arc<memmap2::Mmap>>,
     clock: Clock,
@@ -99,12 +101,21 @@ struct Reader {
 
 impl Reader {
     fn send(&mut self, w: usize) {
-        let fresh = Batch::new(self.map.clone());
-        let b = std::mem::replace(&mut self.pending[w], fresh);
-        if !b.items.is_empty() {
-            // A worker that ended early (panic) closes its channel; nothing to do then.
-            let _ = self.senders[w].send(b);
+        if self.pending[w].items.is_empty() {
+            return;
         }
+        let fresh = match self.recycled.try_recv() {
+            Ok(mut b) => {
+                b.items.clear();
+                b.arena.clear();
+                b.map = self.map.clone();
+                b
+            }
+            Err(_) => Batch::new(self.map.clone()),
+        };
+        let b = std::mem::replace(&mut self.pending[w], fresh);
+        // A worker that ended early (panic) closes its channel; nothing to do then.
+        let _ = self.senders[w].send(b);
     }
     fn flush_all(&mut self, mark: Option<u64>) {
         for w in 0..self.pending.len() {
@@ -204,6 +215,7 @@ fn run_worker(
     stats: bool,
     rx: Receiver<Batch>,
     tx: Sender<Out>,
+    recycle: Sender<Batch>,
 ) -> WorkerEnd {
     let mut w = Worker::new(settings);
     let mut ev: Vec<Emitted> = Vec::with_capacity(64);
@@ -268,6 +280,8 @@ fn run_worker(
             order_events(&mut ev);
             out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
         }
+        // The batch goes back to the reader for reuse (dropped if the reader has enough).
+        let _ = recycle.try_send(batch);
         if tx
             .send(Out {
                 worker: id,
@@ -370,6 +384,7 @@ pub fn run_parallel(
         senders.push(tx);
         receivers.push(rx);
     }
+    let (recycle_tx, recycled) = bounded::<Batch>(16 * n);
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {
@@ -377,11 +392,12 @@ pub fn run_parallel(
             .into_iter()
             .enumerate()
             .map(|(id, rx)| {
-                let tx = out_tx.clone();
-                scope.spawn(move || run_worker(id, shard, stats, rx, tx))
+                let (tx, recycle) = (out_tx.clone(), recycle_tx.clone());
+                scope.spawn(move || run_worker(id, shard, stats, rx, tx, recycle))
             })
             .collect();
         drop(out_tx);
+        drop(recycle_tx);
         let closed_b = Arc::clone(&closed);
         let back_thread = scope.spawn(move || {
             let mut m = Merger {
@@ -433,6 +449,7 @@ pub fn run_parallel(
         let mut reader = Reader {
             pending: (0..n).map(|_| Batch::new(None)).collect(),
             senders,
+            recycled,
             map: None,
             clock: Clock::default(),
             seq: 0,
