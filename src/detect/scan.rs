@@ -929,8 +929,11 @@ impl ScanDetector {
             .filter(|(_, s)| s.declared.is_none())
             .map(|(ip, s)| (s.active, *ip))
             .collect();
-        idle.sort();
         let n = (self.sources.len() / 4).max(1);
+        // The n least recently active (their order does not matter: nothing is written).
+        if idle.len() > n {
+            idle.select_nth_unstable(n - 1);
+        }
         let mut dropped = 0usize;
         for (_, ip) in idle.into_iter().take(n) {
             self.sources.remove(&ip);
