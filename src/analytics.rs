@@ -490,6 +490,18 @@ pub fn report(paths: &[PathBuf], dir: &Path) -> Result<ReportSummary, AnalyticsE
         )
         .sort(["device"], Default::default())
         .collect()?;
+    // Readable times beside the epoch seconds.
+    for (from, to) in [
+        ("first_window", "first_seen"),
+        ("last_window_end", "last_seen"),
+    ] {
+        let secs = i64_col(&devices, from)?;
+        let text: Vec<Option<String>> = secs
+            .iter()
+            .map(|v| v.map(|s| Timestamp::from_secs(s.max(0) as u64).rfc3339().to_string()))
+            .collect();
+        devices.with_column(Column::new(to.into(), text))?;
+    }
     let n_devices = devices.height();
     files.extend(write_frame(&mut devices, dir, "devices")?);
     Ok(ReportSummary {
