@@ -424,6 +424,16 @@ impl Back {
         self.stats.alerts_suppressed = self.alerter.suppressed();
         self.stats.app_events = w.app_events;
         self.stats.app_anomalies = w.anomalies.clone();
+        let a = &self.analysis;
+        self.stats.devices = a.devices.counters;
+        self.stats.state_evicted = [
+            ("scan_sources", a.detectors.scan.evicted),
+            ("login_episodes", a.detectors.protocol.evicted),
+            ("lateral_tracking", a.detectors.lateral.evicted),
+            ("alert_suppression", self.alerter.suppression_evicted()),
+        ]
+        .into_iter()
+        .collect();
         let uptime = now.secs_since(first.unwrap_or(now));
         let ev = self.stats.event(now, uptime);
         self.writer.write(&ev);

@@ -22,6 +22,10 @@ pub struct Stats {
     pub app_events: u64,
     /// Protocol anomalies by name, before alert suppression.
     pub app_anomalies: std::collections::BTreeMap<&'static str, u64>,
+    /// The device stage's counters.
+    pub devices: crate::device::DeviceCounters,
+    /// Entries dropped from the cross-flow tables when full, by table.
+    pub state_evicted: std::collections::BTreeMap<&'static str, u64>,
 }
 
 impl Stats {
@@ -89,6 +93,12 @@ impl Stats {
                     "alerts_by_kind": by_kind,
                     "suppressed": self.alerts_suppressed,
                     "no_rule": self.alerts.no_rule,
+                    "state_evicted": self.state_evicted,
+                },
+                "device": {
+                    "devices": self.devices.devices, "evicted": self.devices.evicted,
+                    "routers": self.devices.routers, "windows": self.devices.windows,
+                    "flow_log_overflow": self.devices.flow_log_overflow,
                 },
             }
         })

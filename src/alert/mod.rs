@@ -436,6 +436,11 @@ impl Alerter {
         }
     }
 
+    /// Suppression entries dropped because its table was full.
+    pub fn suppression_evicted(&self) -> u64 {
+        self.suppressor.evicted
+    }
+
     pub fn suppressed(&self) -> u64 {
         self.suppressor.suppressed
     }

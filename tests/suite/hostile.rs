@@ -69,6 +69,17 @@ fn hostile_captures_are_survived_and_counted() {
     assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
     assert_eq!(n(&st["flow"]["peak_active"]), 5_000, "{st}");
     assert_eq!(n(&st["flow"]["evicted"]), 15_000, "{st}");
+    // The cross-flow tables say what they dropped (20,000 sources fit the scan table).
+    let ev = &st["detect"]["state_evicted"];
+    for table in [
+        "scan_sources",
+        "login_episodes",
+        "lateral_tracking",
+        "alert_suppression",
+    ] {
+        assert_eq!(ev[table].as_u64(), Some(0), "{table}: {st}");
+    }
+    assert!(st["device"]["devices"].is_u64(), "{st}");
 
     // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
     // stream is not recognised as MQTT at all).
