@@ -126,17 +126,7 @@ fn capture_loop(
         match cap.next_packet() {
             Ok(p) => {
                 frames += 1;
-                let ts = Timestamp::from_secs_nanos(
-                    p.header.ts.tv_sec.max(0) as u64,
-                    (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
-                );
-                let frame = crate::capture::RawFrame {
-                    ts,
-                    wire_len: p.header.len,
-                    link,
-                    bytes: p.data,
-                };
-                engine.frame(&frame);
+                engine.frame(&raw_frame(&p, link));
                 if frames.is_multiple_of(16) && last_flush.elapsed().as_secs() >= 1 {
                     engine.back.writer.flush();
                     last_flush = std::time::Instant::now();
@@ -181,6 +171,19 @@ fn capture_loop(
         );
     }
     Ok(outcome)
+}
+
+/// A libpcap packet as a frame (borrowed for the call), stamped with its capture time.
+fn raw_frame<'a>(p: &pcap::Packet<'a>, link: u32) -> crate::capture::RawFrame<'a> {
+    crate::capture::RawFrame {
+        ts: Timestamp::from_secs_nanos(
+            p.header.ts.tv_sec.max(0) as u64,
+            (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
+        ),
+        wire_len: p.header.len,
+        link,
+        bytes: p.data,
+    }
 }
 
 fn kernel_stats(cap: &mut pcap::Capture<pcap::Active>, k: &crate::pipeline::KernelCounters) {
@@ -231,16 +234,7 @@ fn capture_parallel(
                 match cap.next_packet() {
                     Ok(p) => {
                         r.capture.frames += 1;
-                        let ts = Timestamp::from_secs_nanos(
-                            p.header.ts.tv_sec.max(0) as u64,
-                            (p.header.ts.tv_usec.clamp(0, 999_999) as u32) * 1000,
-                        );
-                        sink.frame(&crate::capture::RawFrame {
-                            ts,
-                            wire_len: p.header.len,
-                            link,
-                            bytes: p.data,
-                        });
+                        sink.frame(&raw_frame(&p, link));
                         if r.capture.frames.is_multiple_of(1024) {
                             kernel_stats(cap, &kernel);
                         }
