@@ -120,17 +120,7 @@ pub fn scan_flow_log(paths: &[PathBuf]) -> Result<LazyFrame, AnalyticsError> {
         };
         frames.push(lf);
     }
-    if frames.len() == 1 {
-        return frames.pop().ok_or_else(unreachable_err);
-    }
     Ok(concat(frames, UnionArgs::default())?)
-}
-
-fn unreachable_err() -> AnalyticsError {
-    AnalyticsError::File {
-        path: String::new(),
-        reason: "no input".into(),
-    }
 }
 
 /// What a flow log tells of one device for its baseline.

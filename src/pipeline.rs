@@ -79,10 +79,32 @@ struct Out {
     now: Timestamp,
 }
 
+impl Out {
+    /// A piece of worker `id`'s events, complete up to `watermark`.
+    fn new(id: usize, events: Vec<(u64, u64, Emitted)>, watermark: u64, w: &Worker) -> Out {
+        Out {
+            worker: id,
+            events,
+            watermark,
+            counters: None,
+            now: w.now(),
+        }
+    }
+}
+
 /// What a worker hands back when it ends.
 struct WorkerEnd {
     counters: WorkerCounters,
     now: Timestamp,
+}
+
+impl WorkerEnd {
+    fn of(w: &Worker) -> WorkerEnd {
+        WorkerEnd {
+            counters: w.counters(),
+            now: w.now(),
+        }
+    }
 }
 
 /// The reader side: shards frames into per-worker batches.
@@ -257,18 +279,9 @@ fn run_worker(
                     while w.tick_some(ts, &mut ev, DRAIN_CHUNK) {
                         order_events(&mut ev);
                         out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
-                        let piece = Out {
-                            worker: id,
-                            events: std::mem::take(&mut out),
-                            watermark,
-                            counters: None,
-                            now: w.now(),
-                        };
+                        let piece = Out::new(id, std::mem::take(&mut out), watermark, &w);
                         if tx.send(piece).is_err() {
-                            return WorkerEnd {
-                                counters: w.counters(),
-                                now: w.now(),
-                            };
+                            return WorkerEnd::of(&w);
                         }
                     }
                     ticked = true;
@@ -282,16 +295,9 @@ fn run_worker(
         }
         // The batch goes back to the reader for reuse (dropped if the reader has enough).
         let _ = recycle.try_send(batch);
-        if tx
-            .send(Out {
-                worker: id,
-                events: out,
-                watermark,
-                counters: (stats && ticked).then(|| Box::new(w.counters())),
-                now: w.now(),
-            })
-            .is_err()
-        {
+        let mut done = Out::new(id, out, watermark, &w);
+        done.counters = (stats && ticked).then(|| Box::new(w.counters()));
+        if tx.send(done).is_err() {
             break;
         }
     }
@@ -299,21 +305,18 @@ fn run_worker(
     loop {
         let more = w.finish_some(&mut ev, DRAIN_CHUNK);
         order_events(&mut ev);
-        let sent = tx.send(Out {
-            worker: id,
-            events: ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect(),
-            watermark: if more { u64::MAX - 1 } else { u64::MAX },
-            counters: None,
-            now: w.now(),
-        });
+        let events = ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect();
+        let sent = tx.send(Out::new(
+            id,
+            events,
+            if more { u64::MAX - 1 } else { u64::MAX },
+            &w,
+        ));
         if !more || sent.is_err() {
             break;
         }
     }
-    WorkerEnd {
-        counters: w.counters(),
-        now: w.now(),
-    }
+    WorkerEnd::of(&w)
 }
 
 /// Merges the workers' events in (sequence, flow id) order as far as every worker has got.

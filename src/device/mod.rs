@@ -439,13 +439,14 @@ impl Devices {
         };
         let peer_device = self.id_of(peer, peer_mac);
         let key = (m.id.0, initiator);
-        let s = self.stats(window, id);
-        if !s.flows.contains_key(&key) && s.flows.len() >= MAX_FLOW_LOG_ROWS {
+        let flows = &self.stats(window, id).flows;
+        if !flows.contains_key(&key) && flows.len() >= MAX_FLOW_LOG_ROWS {
             self.counters.flow_log_overflow += 1;
             return None;
         }
-        let s = self.stats(window, id);
-        Some(s.flows.entry(key).or_insert_with(|| FlowWindow {
+        // Looked up again: the borrow above cannot outlive the early return.
+        let flows = &mut self.stats(window, id).flows;
+        Some(flows.entry(key).or_insert_with(|| FlowWindow {
             window,
             device: id,
             flow_id: m.id.0,
@@ -474,6 +475,15 @@ impl Devices {
         self.stats(window, id).v[i] += n;
         if let Some(r) = self.row(window, id, m, initiator) {
             r.v[i] += n;
+        }
+    }
+
+    /// A flow starts in `window`: one more flow out (initiator) or in for `id`, and its row is
+    /// marked started.
+    fn start(&mut self, window: Timestamp, id: DeviceId, m: &FlowMeta, initiator: bool) {
+        self.add(window, id, m, initiator, if initiator { 4 } else { 5 }, 1.0);
+        if let Some(r) = self.row(window, id, m, initiator) {
+            r.started = true;
         }
     }
 
@@ -516,12 +526,8 @@ impl Devices {
                         }
                     }
                     self.scratch = key;
-                    if let Some(r) = self.row(w, a, m, true) {
-                        r.started = true;
-                        r.v[4] += 1.0;
-                    }
+                    self.start(w, a, m, true);
                     let s = self.stats(w, a);
-                    s.v[4] += 1.0;
                     if m.proto == 6 || m.proto == 17 {
                         s.ports.insert(m.responder.port);
                     }
@@ -531,12 +537,8 @@ impl Devices {
                 // A responder is a device only once it answers (a scan's targets that do not
                 // exist are not devices); flows towards a known device count as its flows_in.
                 if let Some(b) = b.filter(|b| self.profiles.contains_key(b)) {
-                    if let Some(r) = self.row(w, b, m, false) {
-                        r.started = true;
-                        r.v[5] += 1.0;
-                    }
+                    self.start(w, b, m, false);
                     let s = self.stats(w, b);
-                    s.v[5] += 1.0;
                     s.peers.insert(m.initiator.ip);
                 }
             }
@@ -560,15 +562,11 @@ impl Devices {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
                     }
-                    let add = [out_pb.0, in_pb.0, out_pb.1, in_pb.1];
-                    let s = self.stats(*window, id);
-                    for (i, n) in add.iter().enumerate() {
-                        s.v[i] += *n as f64;
-                    }
-                    if let Some(r) = self.row(*window, id, meta, initiator) {
-                        for (i, n) in add.iter().enumerate() {
-                            r.v[i] += *n as f64;
-                        }
+                    for (i, n) in [out_pb.0, in_pb.0, out_pb.1, in_pb.1]
+                        .into_iter()
+                        .enumerate()
+                    {
+                        self.add(*window, id, meta, initiator, i, n as f64);
                     }
                 }
             }

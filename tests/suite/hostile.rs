@@ -69,7 +69,7 @@ fn hostile_captures_are_survived_and_counted() {
     assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
     assert_eq!(n(&st["flow"]["peak_active"]), 5_000, "{st}");
     assert_eq!(n(&st["flow"]["evicted"]), 15_000, "{st}");
-    // The cross-flow tables say what they dropped (20,000 sources fit the scan table).
+    // The cross-flow tables say what they dropped: 20,000 sources fit the shipped scan table...
     let ev = &st["detect"]["state_evicted"];
     for table in [
         "scan_sources",
@@ -80,6 +80,42 @@ fn hostile_captures_are_survived_and_counted() {
         assert_eq!(ev[table].as_u64(), Some(0), "{table}: {st}");
     }
     assert!(st["device"]["devices"].is_u64(), "{st}");
+    // ... and not one of 1,000 sources, whose evictions are counted.
+    let rules = dir.join("rules");
+    assert!(std::process::Command::new("cp")
+        .args([
+            "-r",
+            root().join("rules").to_str().unwrap(),
+            rules.to_str().unwrap()
+        ])
+        .status()
+        .unwrap()
+        .success());
+    let scan = rules.join("30-scan.toml");
+    let text = std::fs::read_to_string(&scan).unwrap();
+    assert!(text.contains("max_sources = 65536"));
+    std::fs::write(
+        &scan,
+        text.replace("max_sources = 65536", "max_sources = 1000"),
+    )
+    .unwrap();
+    let o = run(&[
+        "replay",
+        "-q",
+        "--no-model",
+        "-c",
+        config.to_str().unwrap(),
+        "-r",
+        rules.to_str().unwrap(),
+        dir.join("syn_flood.pcap").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let small = events(&o.stdout);
+    let st = final_stats(&small);
+    assert!(
+        n(&st["detect"]["state_evicted"]["scan_sources"]) >= 19_000 - 1_000,
+        "{st}"
+    );
 
     // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
     // stream is not recognised as MQTT at all).
