@@ -628,29 +628,33 @@ impl ProtocolDetector {
         }
         self.last_sweep = now;
         let p = self.brute;
-        let done: Vec<_> = self
+        // Closed in the order of `finish` (first seen, then flow), not the maps' hash order:
+        // the alerts of one sweep come out in the same order in every run.
+        let mut done: Vec<_> = self
             .episodes
             .iter()
             .filter(|(_, e)| {
                 now.secs_since(e.last) >= p.window_secs
                     || now.secs_since(e.first) >= p.max_episode_secs
             })
-            .map(|(k, _)| *k)
+            .map(|(k, e)| (e.first, e.meta.id, *k))
             .collect();
-        for k in done {
+        done.sort_unstable();
+        for (_, _, k) in done {
             if let Some(e) = self.episodes.remove(&k) {
                 out.extend(self.episode_finding(e));
             }
         }
-        let done: Vec<_> = self
+        let mut done: Vec<_> = self
             .ssh
             .iter()
             .filter(|(_, v)| {
                 now.secs_since(v.1) >= p.window_secs || now.secs_since(v.0) >= p.max_episode_secs
             })
-            .map(|(k, _)| *k)
+            .map(|(k, v)| (v.0, v.3.id, *k))
             .collect();
-        for k in done {
+        done.sort_unstable();
+        for (_, _, k) in done {
             if let Some(v) = self.ssh.remove(&k) {
                 out.extend(self.ssh_finding(v));
             }
