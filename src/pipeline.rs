@@ -68,10 +68,13 @@ impl Batch {
     }
 }
 
-/// A worker's events of one batch: (sequence, order key, event), and how far it got.
+/// A worker's events of one batch, and how far it got. The events stay where the worker wrote
+/// them (they are large): `keys[i]` is the (sequence, order key) of `events[i]`, and the back
+/// end reads them in place.
 struct Out {
     worker: usize,
-    events: Vec<(u64, u64, Emitted)>,
+    events: Vec<Emitted>,
+    keys: Vec<(u64, u64)>,
     watermark: u64,
     /// The worker's counters, sent with the batches that carry a tick (for periodic stats).
     counters: Option<Box<WorkerCounters>>,
@@ -81,14 +84,38 @@ struct Out {
 
 impl Out {
     /// A piece of worker `id`'s events, complete up to `watermark`.
-    fn new(id: usize, events: Vec<(u64, u64, Emitted)>, watermark: u64, w: &Worker) -> Out {
+    fn new(id: usize, piece: Piece, watermark: u64, w: &Worker) -> Out {
         Out {
             worker: id,
-            events,
+            events: piece.events,
+            keys: piece.keys,
             watermark,
             counters: None,
             now: w.now(),
         }
+    }
+}
+
+/// The events a worker is collecting for its next [`Out`], in vectors the back end returns
+/// for reuse.
+struct Piece {
+    events: Vec<Emitted>,
+    keys: Vec<(u64, u64)>,
+}
+
+impl Piece {
+    fn new(spare: &Receiver<Piece>) -> Piece {
+        spare.try_recv().unwrap_or_else(|_| Piece {
+            events: Vec::with_capacity(BATCH),
+            keys: Vec::with_capacity(BATCH),
+        })
+    }
+
+    /// Orders the events from `from` on (those of one frame or tick) and keys them `seq`.
+    fn seal(&mut self, from: usize, seq: u64) {
+        order_events(&mut self.events, from);
+        let keys = self.events.get(from..).unwrap_or(&[]).iter();
+        self.keys.extend(keys.map(|e| (seq, e.order_key())));
     }
 }
 
@@ -238,13 +265,13 @@ fn run_worker(
     rx: Receiver<Batch>,
     tx: Sender<Out>,
     recycle: Sender<Batch>,
+    spare: Receiver<Piece>,
 ) -> WorkerEnd {
     let mut w = Worker::new(settings);
-    let mut ev: Vec<Emitted> = Vec::with_capacity(64);
     // The last sequence number whose events are all handed on.
     let mut watermark = 0;
     for batch in rx {
-        let mut out = Vec::new();
+        let mut out = Piece::new(&spare);
         let mut ticked = false;
         for item in &batch.items {
             let seq = match *item {
@@ -263,6 +290,7 @@ fn run_worker(
                         batch.map.as_deref().map_or(&[][..], |m| &m[..])
                     };
                     let bytes = data.get(start..start + len as usize).unwrap_or(&[]);
+                    let from = out.events.len();
                     w.frame(
                         &RawFrame {
                             ts,
@@ -270,17 +298,22 @@ fn run_worker(
                             link,
                             bytes,
                         },
-                        &mut ev,
+                        &mut out.events,
                     );
+                    out.seal(from, seq);
                     seq
                 }
                 Item::Tick { seq, ts } => {
                     // A tick of many flows goes on in pieces, each marked as not yet complete.
-                    while w.tick_some(ts, &mut ev, DRAIN_CHUNK) {
-                        order_events(&mut ev);
-                        out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
-                        let piece = Out::new(id, std::mem::take(&mut out), watermark, &w);
-                        if tx.send(piece).is_err() {
+                    loop {
+                        let from = out.events.len();
+                        let more = w.tick_some(ts, &mut out.events, DRAIN_CHUNK);
+                        out.seal(from, seq);
+                        if !more {
+                            break;
+                        }
+                        let piece = std::mem::replace(&mut out, Piece::new(&spare));
+                        if tx.send(Out::new(id, piece, watermark, &w)).is_err() {
                             return WorkerEnd::of(&w);
                         }
                     }
@@ -290,8 +323,6 @@ fn run_worker(
                 Item::Mark { seq } => seq,
             };
             watermark = seq;
-            order_events(&mut ev);
-            out.extend(ev.drain(..).map(|e| (seq, e.order_key(), e)));
         }
         // The batch goes back to the reader for reuse (dropped if the reader has enough).
         let _ = recycle.try_send(batch);
@@ -303,12 +334,12 @@ fn run_worker(
     }
     // The end of input in pieces, each in flow id order; only the last one says "done".
     loop {
-        let more = w.finish_some(&mut ev, DRAIN_CHUNK);
-        order_events(&mut ev);
-        let events = ev.drain(..).map(|e| (u64::MAX, e.order_key(), e)).collect();
+        let mut piece = Piece::new(&spare);
+        let more = w.finish_some(&mut piece.events, DRAIN_CHUNK);
+        piece.seal(0, u64::MAX);
         let sent = tx.send(Out::new(
             id,
-            events,
+            piece,
             if more { u64::MAX - 1 } else { u64::MAX },
             &w,
         ));
@@ -320,35 +351,63 @@ fn run_worker(
 }
 
 /// Merges the workers' events in (sequence, flow id) order as far as every worker has got.
+/// Each worker's pieces wait in a queue, read in place from a cursor; a piece read to its end
+/// goes back to its worker, emptied, for reuse.
 struct Merger {
-    queues: Vec<VecDeque<(u64, u64, Emitted)>>,
+    queues: Vec<VecDeque<Out>>,
+    /// Position in the front piece of each queue.
+    cursor: Vec<usize>,
     watermark: Vec<u64>,
+    spare: Vec<Sender<Piece>>,
 }
 
 impl Merger {
+    /// The key of worker `w`'s next event, dropping the pieces read to their end.
+    fn front(&mut self, w: usize) -> Option<(u64, u64)> {
+        loop {
+            let q = &mut self.queues[w];
+            let o = q.front()?;
+            if let Some(&k) = o.keys.get(self.cursor[w]) {
+                return Some(k);
+            }
+            if let Some(o) = q.pop_front() {
+                self.cursor[w] = 0;
+                let (mut events, mut keys) = (o.events, o.keys);
+                events.clear();
+                keys.clear();
+                // Dropped when the worker holds enough spares.
+                let _ = self.spare[w].try_send(Piece { events, keys });
+            }
+        }
+    }
+
     fn pump(&mut self, back: &mut Back) {
         loop {
-            let Some((w, seq)) = self
-                .queues
-                .iter()
-                .enumerate()
-                .filter_map(|(i, q)| q.front().map(|(s, k, _)| (i, (*s, *k))))
-                .min_by_key(|(_, key)| *key)
-                .map(|(i, (s, _))| (i, s))
-            else {
-                return;
-            };
-            let safe = self
-                .queues
-                .iter()
-                .zip(&self.watermark)
-                .all(|(q, &wm)| !q.is_empty() || wm >= seq);
-            if !safe {
+            let mut next: Option<(usize, (u64, u64))> = None;
+            let mut safe = true;
+            for w in 0..self.queues.len() {
+                match self.front(w) {
+                    Some(k) => {
+                        if next.is_none_or(|(_, m)| k < m) {
+                            next = Some((w, k));
+                        }
+                    }
+                    None => safe = false,
+                }
+            }
+            let Some((w, (seq, _))) = next else { return };
+            // A worker with nothing queued may still send events before its watermark.
+            if !safe
+                && !(0..self.queues.len())
+                    .all(|i| !self.queues[i].is_empty() || self.watermark[i] >= seq)
+            {
                 return;
             }
-            if let Some((_, _, e)) = self.queues[w].pop_front() {
-                back.consume(&e);
+            let c = self.cursor[w];
+            if let Some(e) = self.queues[w].front().and_then(|o| o.events.get(c)) {
+                back.consume(e);
             }
+            self.cursor[w] = c + 1;
         }
     }
 }
@@ -388,15 +447,17 @@ pub fn run_parallel(
         receivers.push(rx);
     }
     let (recycle_tx, recycled) = bounded::<Batch>(16 * n);
+    let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(16)).unzip();
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {
         let workers: Vec<_> = receivers
             .into_iter()
+            .zip(spare_rx)
             .enumerate()
-            .map(|(id, rx)| {
+            .map(|(id, (rx, spare))| {
                 let (tx, recycle) = (out_tx.clone(), recycle_tx.clone());
-                scope.spawn(move || run_worker(id, shard, stats, rx, tx, recycle))
+                scope.spawn(move || run_worker(id, shard, stats, rx, tx, recycle, spare))
             })
             .collect();
         drop(out_tx);
@@ -405,18 +466,22 @@ pub fn run_parallel(
         let back_thread = scope.spawn(move || {
             let mut m = Merger {
                 queues: (0..n).map(|_| VecDeque::new()).collect(),
+                cursor: vec![0; n],
                 watermark: vec![0; n],
+                spare: spare_tx,
             };
             let mut flushed = Instant::now();
             let mut latest: Vec<WorkerCounters> = vec![WorkerCounters::default(); n];
             let (mut first, mut next_stats) = (None::<Timestamp>, None::<Timestamp>);
-            for o in out_rx.iter() {
-                m.watermark[o.worker] = o.watermark;
-                m.queues[o.worker].extend(o.events);
+            for mut o in out_rx.iter() {
+                let wk = o.worker;
+                m.watermark[wk] = o.watermark;
+                let counters = o.counters.take();
+                let now = o.now;
+                m.queues[wk].push_back(o);
                 m.pump(&mut back);
-                if let Some(c) = o.counters {
-                    latest[o.worker] = *c;
-                    let now = o.now;
+                if let Some(c) = counters {
+                    latest[wk] = *c;
                     first.get_or_insert(now);
                     match next_stats {
                         None => next_stats = Some(now.plus_secs(stats_interval)),

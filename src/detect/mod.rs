@@ -147,6 +147,79 @@ impl Finding {
     }
 }
 
+/// Builds a suppression identifier (`a|b|c`) without `format!`: addresses are written by hand
+/// (std's `Display` for addresses is slow, and protocol findings are made at line rate). Only
+/// equality matters: the identifier is a key, never written as such.
+#[derive(Default)]
+pub struct Ident(String);
+
+impl Ident {
+    pub fn new() -> Ident {
+        Ident(String::with_capacity(48))
+    }
+
+    fn sep(&mut self) {
+        if !self.0.is_empty() {
+            self.0.push('|');
+        }
+    }
+
+    pub fn ip(mut self, ip: std::net::IpAddr) -> Ident {
+        self.sep();
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                for (i, o) in a.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.0.push('.');
+                    }
+                    push_u64(&mut self.0, u64::from(o));
+                }
+            }
+            std::net::IpAddr::V6(a) => {
+                for (i, seg) in a.segments().into_iter().enumerate() {
+                    if i > 0 {
+                        self.0.push(':');
+                    }
+                    push_u64(&mut self.0, u64::from(seg));
+                }
+            }
+        }
+        self
+    }
+
+    pub fn num(mut self, n: u64) -> Ident {
+        self.sep();
+        push_u64(&mut self.0, n);
+        self
+    }
+
+    pub fn text(mut self, t: &str) -> Ident {
+        self.sep();
+        self.0.push_str(t);
+        self
+    }
+
+    pub fn done(self) -> String {
+        self.0
+    }
+}
+
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        s.push(char::from(b));
+    }
+}
+
 use crate::app::Emitted;
 use crate::proto::ProtoEvent;
 use crate::settings::Settings;
@@ -196,5 +269,24 @@ impl Detectors {
         self.protocol.finish(out);
         self.scan.finish(out);
         self.lateral.finish(&self.scan, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ident;
+
+    #[test]
+    fn identifiers_write_addresses_and_numbers_by_hand() {
+        let v4: std::net::IpAddr = "198.18.0.10".parse().unwrap();
+        let v6: std::net::IpAddr = "fd00::1:ff".parse().unwrap();
+        let a = Ident::new().ip(v4).num(1883).text("rejected").done();
+        assert_eq!(a, "198.18.0.10|1883|rejected");
+        assert_eq!(
+            Ident::new().num(0).num(u64::MAX).done(),
+            "0|18446744073709551615"
+        );
+        // IPv6 segments in decimal: one spelling per address, distinct from any IPv4 one.
+        assert_eq!(Ident::new().ip(v6).done(), "64768:0:0:0:0:0:1:255");
     }
 }

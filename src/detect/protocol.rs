@@ -4,7 +4,7 @@
 //! The analyzers in `proto/` describe what was said; this module decides what is worth an alert.
 
 use super::rules::{Rule, RuleError, RuleSet};
-use super::{Finding, Kind};
+use super::{Finding, Ident, Kind};
 use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{AppProto, Outcome, ProtoEvent};
@@ -205,6 +205,17 @@ const MAX_TRACKED: usize = 100_000;
 
 /// Short SSH connections from one source to one server: (first, last, count, a flow of them).
 type SshEpisode = (Timestamp, Timestamp, u32, FlowMeta);
+
+/// A borrowed (username, password) key: looks up the default credential pairs without
+/// allocating (it hashes as the owned tuple does).
+#[derive(Hash)]
+struct CredRef<'a>(&'a str, &'a [u8]);
+
+impl hashbrown::Equivalent<(String, Vec<u8>)> for CredRef<'_> {
+    fn equivalent(&self, k: &(String, Vec<u8>)) -> bool {
+        self.0 == k.0 && self.1 == k.1.as_slice()
+    }
+}
 
 /// Per-flow facts the detectors remember until the flow ends.
 #[derive(Default)]
@@ -527,10 +538,11 @@ impl ProtocolDetector {
             .with("app_proto", app.as_str())
             .with("server_port", meta.responder.port);
         // One alert per device and service within the rule's window; the rest are counted.
-        finding.identifier = format!(
-            "{}|{}|{}",
-            meta.initiator.ip, meta.responder.ip, meta.responder.port
-        );
+        finding.identifier = Ident::new()
+            .ip(meta.initiator.ip)
+            .ip(meta.responder.ip)
+            .num(meta.responder.port.into())
+            .done();
         Some(finding)
     }
 
@@ -560,28 +572,20 @@ impl ProtocolDetector {
                 .with("outcome", outcome.as_str());
             // Accepted logins are told apart by user; failed ones are summarised per service
             // (a brute force is one alert of its own, not one per guess).
+            let id = Ident::new()
+                .ip(meta.initiator.ip)
+                .ip(meta.responder.ip)
+                .num(meta.responder.port.into());
             f.identifier = match outcome {
-                Outcome::Accepted => format!(
-                    "{}|{}|{}|{}|accepted",
-                    meta.initiator.ip, meta.responder.ip, meta.responder.port, username
-                ),
-                _ => format!(
-                    "{}|{}|{}|{}",
-                    meta.initiator.ip,
-                    meta.responder.ip,
-                    meta.responder.port,
-                    outcome.as_str()
-                ),
+                Outcome::Accepted => id.text(username).text("accepted").done(),
+                _ => id.text(outcome.as_str()).done(),
             };
             // The same evidence, for a pair that is a known default credential.
-            let default = self
-                .defaults
-                .contains(&(username.to_string(), pw.to_vec()))
-                .then(|| {
-                    let mut d = f.clone().with("lists", self.default_lists.clone());
-                    d.kind = Kind::DefaultCredentials;
-                    d
-                });
+            let default = self.defaults.contains(&CredRef(username, pw)).then(|| {
+                let mut d = f.clone().with("lists", self.default_lists.clone());
+                d.kind = Kind::DefaultCredentials;
+                d
+            });
             out.push(f);
             out.extend(default);
         }
@@ -741,13 +745,17 @@ impl ProtocolDetector {
         out: &mut Vec<Finding>,
     ) {
         let Some(acl) = &self.acl else { return };
-        let client = self.flows.get(&meta.id).and_then(|f| f.client_id.clone());
-        let Some((_, publish, _)) = acl.entry(meta.initiator.ip, client.as_deref()) else {
+        let client = self
+            .flows
+            .get(&meta.id)
+            .and_then(|f| f.client_id.as_deref());
+        let Some((_, publish, _)) = acl.entry(meta.initiator.ip, client) else {
             return;
         };
         if publish.iter().any(|f| topic_matches(f, topic)) {
             return;
         }
+        let client = client.map(str::to_string);
         let mut f = Finding::for_flow(ts, Kind::TopicAclViolation, meta, Some("mqtt"))
             .with("operation", "publish")
             .with("topic", topic)
@@ -758,7 +766,11 @@ impl ProtocolDetector {
         if let Some(c) = &client {
             f = f.with("client_id", c.clone());
         }
-        f.identifier = format!("{}|publish|{topic}", meta.initiator.ip);
+        f.identifier = Ident::new()
+            .ip(meta.initiator.ip)
+            .text("publish")
+            .text(topic)
+            .done();
         out.push(f);
     }
 

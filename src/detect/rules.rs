@@ -258,10 +258,20 @@ impl RuleSet {
 
     /// The rule for `kind` and `variant`, falling back to the kind's default rule.
     pub fn get(&self, kind: Kind, variant: &str) -> Option<&Rule> {
-        self.by_kind
-            .get(&(kind, variant.to_string()))
-            .or_else(|| self.by_kind.get(&(kind, String::new())))
-            .map(|&i| &self.rules[i])
+        // Rules are few: a scan of the kind's entries, with no key to allocate per finding.
+        let mut default = None;
+        for ((k, v), &i) in self.by_kind.range((kind, String::new())..) {
+            if *k != kind {
+                break;
+            }
+            if v == variant {
+                return self.rules.get(i);
+            }
+            if v.is_empty() {
+                default = Some(i);
+            }
+        }
+        default.and_then(|i| self.rules.get(i))
     }
 
     /// The rule for `kind` and `variant` if present and enabled.

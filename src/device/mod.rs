@@ -365,45 +365,50 @@ impl Devices {
         ts: Timestamp,
         out: &mut Vec<DeviceOutput>,
     ) -> Option<&mut DeviceProfile> {
-        if !self.profiles.contains_key(&id) {
-            if self.profiles.len() >= self.cfg.max_devices {
-                // Evict the least recently seen device.
-                if let Some(old) = self
-                    .profiles
-                    .iter()
-                    .min_by_key(|(_, p)| p.last_seen)
-                    .map(|(k, _)| *k)
-                {
-                    self.profiles.remove(&old);
-                    self.counters.evicted += 1;
-                }
+        if self.profiles.len() >= self.cfg.max_devices && !self.profiles.contains_key(&id) {
+            // Evict the least recently seen device.
+            if let Some(old) = self
+                .profiles
+                .iter()
+                .min_by_key(|(_, p)| p.last_seen)
+                .map(|(k, _)| *k)
+            {
+                self.profiles.remove(&old);
+                self.counters.evicted += 1;
             }
-            let p = DeviceProfile {
-                id,
-                mac: mac
-                    .filter(|_| matches!(id, DeviceId::Mac(_)))
-                    .map(|m| fmt_mac(&m)),
-                ips: BoundedSet::default(),
-                first_seen: ts,
-                last_seen: ts,
-                protocols: BoundedSet::default(),
-                services_offered: BoundedSet::default(),
-                services_used: BoundedSet::default(),
-                mqtt_client_ids: BoundedSet::default(),
-                mqtt_topics: BoundedSet::default(),
-                tls_sni: BoundedSet::default(),
-                peers: BoundedSet::default(),
-                packets: 0,
-                bytes: 0,
-            };
-            self.counters.devices += 1;
-            let mut p = p;
-            p.ips.insert(ip, 16);
-            out.push(DeviceOutput::New(Box::new(p.clone())));
-            self.profiles.insert(id, p);
         }
-        let p = self.profiles.get_mut(&id)?;
-        p.ips.insert(ip, 16);
+        // One lookup on the common path (a known device).
+        let p = match self.profiles.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                let mut p = DeviceProfile {
+                    id,
+                    mac: mac
+                        .filter(|_| matches!(id, DeviceId::Mac(_)))
+                        .map(|m| fmt_mac(&m)),
+                    ips: BoundedSet::default(),
+                    first_seen: ts,
+                    last_seen: ts,
+                    protocols: BoundedSet::default(),
+                    services_offered: BoundedSet::default(),
+                    services_used: BoundedSet::default(),
+                    mqtt_client_ids: BoundedSet::default(),
+                    mqtt_topics: BoundedSet::default(),
+                    tls_sni: BoundedSet::default(),
+                    peers: BoundedSet::default(),
+                    packets: 0,
+                    bytes: 0,
+                };
+                self.counters.devices += 1;
+                p.ips.insert(ip, 16);
+                out.push(DeviceOutput::New(Box::new(p.clone())));
+                v.insert(p)
+            }
+        };
+        // Most devices have one address: skip the set when it is the first one.
+        if p.ips.items.first() != Some(&ip) {
+            p.ips.insert(ip, 16);
+        }
         if ts > p.last_seen {
             p.last_seen = ts;
         }
@@ -475,6 +480,26 @@ impl Devices {
         self.stats(window, id).v[i] += n;
         if let Some(r) = self.row(window, id, m, initiator) {
             r.v[i] += n;
+        }
+    }
+
+    /// [`Devices::add`] of features 0..4 (packets out, in, bytes out, in) at once.
+    fn add4(
+        &mut self,
+        window: Timestamp,
+        id: DeviceId,
+        m: &FlowMeta,
+        initiator: bool,
+        v: [f64; 4],
+    ) {
+        let s = self.stats(window, id);
+        for (a, n) in s.v.iter_mut().zip(v) {
+            *a += n;
+        }
+        if let Some(r) = self.row(window, id, m, initiator) {
+            for (a, n) in r.v.iter_mut().zip(v) {
+                *a += n;
+            }
         }
     }
 
@@ -562,12 +587,8 @@ impl Devices {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
                     }
-                    for (i, n) in [out_pb.0, in_pb.0, out_pb.1, in_pb.1]
-                        .into_iter()
-                        .enumerate()
-                    {
-                        self.add(*window, id, meta, initiator, i, n as f64);
-                    }
+                    let v = [out_pb.0, in_pb.0, out_pb.1, in_pb.1].map(|n| n as f64);
+                    self.add4(*window, id, meta, initiator, v);
                 }
             }
             Emitted::App {

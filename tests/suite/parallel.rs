@@ -74,7 +74,7 @@ fn worker_events(rel: &str, piece: Option<usize>) -> Vec<String> {
     let mut clock = Clock::default();
     let (mut ev, mut all): (Vec<Emitted>, Vec<String>) = (Vec::new(), Vec::new());
     let hand_on = |ev: &mut Vec<Emitted>, all: &mut Vec<String>| {
-        order_events(ev);
+        order_events(ev, 0);
         all.extend(ev.drain(..).map(|e| format!("{e:?}")));
     };
     while let Ok(Next::Frame(fr)) = f.next_frame() {
