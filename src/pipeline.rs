@@ -438,16 +438,16 @@ pub fn run_parallel(
 ) -> Result<ParallelEnd, AppError> {
     let n = n.max(1);
     let closed = Arc::new(AtomicBool::new(false));
-    let (out_tx, out_rx) = bounded::<Out>(4 * n);
+    let (out_tx, out_rx) = bounded::<Out>(32 * n);
     let mut senders = Vec::with_capacity(n);
     let mut receivers = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tx, rx) = bounded::<Batch>(8);
+        let (tx, rx) = bounded::<Batch>(32);
         senders.push(tx);
         receivers.push(rx);
     }
-    let (recycle_tx, recycled) = bounded::<Batch>(16 * n);
-    let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(16)).unzip();
+    let (recycle_tx, recycled) = bounded::<Batch>(64 * n);
+    let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(64)).unzip();
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {

@@ -488,7 +488,7 @@ impl Alerter {
                 "kind": f.kind.as_str(),
             }),
         );
-        let mut ev = f.evidence.clone();
+        let mut ev = f.evidence.to_map();
         if suppressed_before > 0 {
             ev.insert("suppressed_since_last".into(), suppressed_before.into());
         }

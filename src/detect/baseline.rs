@@ -114,7 +114,7 @@ impl BaselineDetector {
             vlan: Default::default(),
             app_proto: None,
             identifier: String::new(),
-            evidence: serde_json::Map::new(),
+            evidence: super::Evidence::default(),
         }
         .with("device", w.device.to_string())
         .with("window_start", w.window.rfc3339().to_string())

@@ -115,7 +115,7 @@ pub struct Finding {
     /// What makes two findings "the same" for suppression (Zeek's notice identifier).
     pub identifier: String,
     /// The evidence that explains the finding (written as the alert's `evidence` object).
-    pub evidence: Map<String, Value>,
+    pub evidence: Evidence,
 }
 
 impl Finding {
@@ -137,13 +137,49 @@ impl Finding {
             vlan: meta.vlan,
             app_proto,
             identifier: String::new(),
-            evidence: Map::new(),
+            evidence: Evidence::default(),
         }
     }
 
-    pub fn with(mut self, key: &str, v: impl Into<Value>) -> Finding {
-        self.evidence.insert(key.to_string(), v.into());
+    pub fn with(mut self, key: &'static str, v: impl Into<Value>) -> Finding {
+        self.evidence.insert(key, v.into());
         self
+    }
+}
+
+/// A finding's evidence: named values in the order they were added (a later value of a name
+/// replaces the earlier one in place). Names are static, so a finding that alert policy then
+/// suppresses costs no key strings; the alert stage turns it into a JSON object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Evidence(Vec<(&'static str, Value)>);
+
+impl Evidence {
+    pub fn insert(&mut self, key: &'static str, v: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = v,
+            None => self.0.push((key, v)),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The JSON object of the alert (names in the order they were added).
+    pub fn to_map(&self) -> Map<String, Value> {
+        self.0
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), v.clone()))
+            .collect()
+    }
+}
+
+impl std::ops::Index<&str> for Evidence {
+    type Output = Value;
+    /// The named value, or null (as `serde_json::Value` indexes).
+    fn index(&self, key: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.get(key).unwrap_or(&NULL)
     }
 }
 

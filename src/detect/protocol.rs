@@ -33,12 +33,18 @@ const EMBEDDED_ACL: (&str, &str) = (
 /// Masks a secret as first character, stars, last character (`p******d`).
 pub fn mask(secret: &[u8]) -> String {
     let s = String::from_utf8_lossy(secret);
-    let chars: Vec<char> = s.chars().collect();
-    match chars.len() {
-        0 => String::new(),
-        1 | 2 => "*".repeat(chars.len()),
-        n => format!("{}{}{}", chars[0], "*".repeat(n - 2), chars[n - 1]),
+    let n = s.chars().count();
+    let (Some(first), Some(last)) = (s.chars().next(), s.chars().next_back()) else {
+        return String::new();
+    };
+    if n <= 2 {
+        return "*".repeat(n);
     }
+    let mut m = String::with_capacity(n + 6);
+    m.push(first);
+    m.extend(std::iter::repeat_n('*', n - 2));
+    m.push(last);
+    m
 }
 
 #[derive(Deserialize)]
@@ -402,18 +408,16 @@ impl ProtocolDetector {
             } => {
                 let mut f = self.plaintext_finding(meta, ts, AppProto::Http);
                 if let Some(f) = f.as_mut() {
-                    f.evidence
-                        .insert("http_method".into(), method.clone().into());
-                    f.evidence.insert("url".into(), uri.clone().into());
+                    f.evidence.insert("http_method", method.clone().into());
+                    f.evidence.insert("url", uri.clone().into());
                     if let Some(h) = host {
-                        f.evidence.insert("hostname".into(), h.clone().into());
+                        f.evidence.insert("hostname", h.clone().into());
                     }
                     if let Some(ua) = user_agent {
-                        f.evidence
-                            .insert("http_user_agent".into(), ua.clone().into());
+                        f.evidence.insert("http_user_agent", ua.clone().into());
                     }
                     if *websocket_mqtt {
-                        f.evidence.insert("websocket_mqtt".into(), true.into());
+                        f.evidence.insert("websocket_mqtt", true.into());
                     }
                 }
                 out.extend(f);

@@ -122,6 +122,8 @@ impl Rule {
 pub struct RuleSet {
     rules: Vec<Rule>,
     by_kind: BTreeMap<(Kind, String), usize>,
+    /// The same, per [`Kind::index`]: (variant, rule index), for lookups at line rate.
+    per_kind: Vec<Vec<(String, usize)>>,
     /// Where the rules came from (a directory, or "built-in").
     pub origin: String,
     /// Directory of the rule files, for data files they refer to (None for built-in rules).
@@ -237,6 +239,12 @@ impl RuleSet {
                 }
                 sids.insert(sid, (file.to_string(), line));
                 rs.by_kind.insert(key, rs.rules.len());
+                if rs.per_kind.len() < Kind::ALL.len() {
+                    rs.per_kind.resize(Kind::ALL.len(), Vec::new());
+                }
+                if let Some(v) = rs.per_kind.get_mut(kind.index()) {
+                    v.push((r.variant.clone(), rs.rules.len()));
+                }
                 rs.rules.push(Rule {
                     sid,
                     rev: r.rev,
@@ -258,17 +266,14 @@ impl RuleSet {
 
     /// The rule for `kind` and `variant`, falling back to the kind's default rule.
     pub fn get(&self, kind: Kind, variant: &str) -> Option<&Rule> {
-        // Rules are few: a scan of the kind's entries, with no key to allocate per finding.
+        // A kind has a rule or a few: a scan of its entries, with no key to build per finding.
         let mut default = None;
-        for ((k, v), &i) in self.by_kind.range((kind, String::new())..) {
-            if *k != kind {
-                break;
-            }
+        for (v, i) in self.per_kind.get(kind.index()).into_iter().flatten() {
             if v == variant {
-                return self.rules.get(i);
+                return self.rules.get(*i);
             }
             if v.is_empty() {
-                default = Some(i);
+                default = Some(*i);
             }
         }
         default.and_then(|i| self.rules.get(i))

@@ -882,7 +882,7 @@ impl ScanDetector {
             vlan: Default::default(),
             app_proto: None,
             identifier: identifier(src, s),
-            evidence: Map::new(),
+            evidence: super::Evidence::default(),
         }
         .with("targets", s.targets.len())
         .with("targets_by_protocol", by_class)

@@ -178,12 +178,56 @@ struct Entry<H> {
     fins: [bool; 2],
     synack: bool,
     class: Class,
-    prev: u32,
-    next: u32,
     handler: Option<H>,
     streams: [Stream; 2],
     live: bool,
 }
+
+/// The flow table's key: a [`FlowKey`] hashed as five machine words (the derived `Hash` of
+/// the key, which flow ids are made from, writes each field and address byte on its own).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct TableKey(FlowKey);
+
+impl std::hash::Hash for TableKey {
+    fn hash<S: std::hash::Hasher>(&self, h: &mut S) {
+        fn words(e: &Endpoint) -> (u64, u64) {
+            match e.ip {
+                std::net::IpAddr::V4(a) => (u64::from(u32::from(a)) << 16 | u64::from(e.port), 0),
+                std::net::IpAddr::V6(a) => {
+                    let x = u128::from(a);
+                    ((x as u64) ^ u64::from(e.port), (x >> 64) as u64 | 1)
+                }
+            }
+        }
+        let k = &self.0;
+        let (a, b) = words(&k.lo);
+        let (c, d) = words(&k.hi);
+        h.write_u64(a);
+        h.write_u64(b);
+        h.write_u64(c);
+        h.write_u64(d);
+        h.write_u64(
+            u64::from(k.proto)
+                | u64::from(k.vlan.ids[0]) << 8
+                | u64::from(k.vlan.ids[1]) << 24
+                | u64::from(k.vni) << 40
+                | u64::from(k.vlan.count) << 62,
+        );
+    }
+}
+
+/// An entry's neighbours in its class list, kept apart from the (large) entries so that moving
+/// a flow to the head touches a few bytes of its neighbours, not their records.
+#[derive(Clone, Copy)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Link = Link {
+    prev: NIL,
+    next: NIL,
+};
 
 #[derive(Clone, Copy)]
 struct List {
@@ -207,8 +251,10 @@ const CLASS_ORDER: [Class; CLASSES] = [
 /// The flow table of one worker.
 pub struct FlowTable<H: StreamHandler> {
     cfg: FlowConfig,
-    map: hashbrown::HashMap<FlowKey, u32, foldhash::fast::RandomState>,
+    map: hashbrown::HashMap<TableKey, u32, foldhash::fast::RandomState>,
     slab: Vec<Entry<H>>,
+    /// `links[i]`: the list neighbours of `slab[i]`.
+    links: Vec<Link>,
     free: Vec<u32>,
     lists: [List; CLASSES],
     /// Latest packet time seen (packets may arrive slightly out of order).
@@ -231,6 +277,7 @@ impl<H: StreamHandler> FlowTable<H> {
             cfg,
             map: hashbrown::HashMap::with_hasher(foldhash::fast::RandomState::default()),
             slab: Vec::new(),
+            links: Vec::new(),
             free: Vec::new(),
             lists: [List {
                 head: NIL,
@@ -268,17 +315,15 @@ impl<H: StreamHandler> FlowTable<H> {
     }
 
     fn unlink(&mut self, i: u32) {
-        let (prev, next, c) = {
-            let e = &self.slab[i as usize];
-            (e.prev, e.next, e.class as usize)
-        };
+        let Link { prev, next } = self.links[i as usize];
+        let c = self.slab[i as usize].class as usize;
         if prev != NIL {
-            self.slab[prev as usize].next = next;
+            self.links[prev as usize].next = next;
         } else {
             self.lists[c].head = next;
         }
         if next != NIL {
-            self.slab[next as usize].prev = prev;
+            self.links[next as usize].prev = prev;
         } else {
             self.lists[c].tail = prev;
         }
@@ -288,13 +333,12 @@ impl<H: StreamHandler> FlowTable<H> {
     fn push_front(&mut self, i: u32) {
         let c = self.slab[i as usize].class as usize;
         let head = self.lists[c].head;
-        {
-            let e = &mut self.slab[i as usize];
-            e.prev = NIL;
-            e.next = head;
-        }
+        self.links[i as usize] = Link {
+            prev: NIL,
+            next: head,
+        };
         if head != NIL {
-            self.slab[head as usize].prev = i;
+            self.links[head as usize].prev = i;
         } else {
             self.lists[c].tail = i;
         }
@@ -368,7 +412,7 @@ impl<H: StreamHandler> FlowTable<H> {
                                 break;
                             }
                             plan.push((e.rec.meta.id, i, TICK_REPORT));
-                            i = e.next;
+                            i = self.links[i as usize].next;
                         }
                     }
                     self.tick_window = closing;
@@ -385,7 +429,7 @@ impl<H: StreamHandler> FlowTable<H> {
                     break;
                 }
                 plan.push((e.rec.meta.id, i, TICK_EXPIRE));
-                i = e.prev;
+                i = self.links[i as usize].prev;
             }
         }
         // By flow id, highest first (popped from the back); a flow both reported and expired
@@ -429,7 +473,7 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         let proto = l4.proto();
         let (key, src_is_lo) = FlowKey::new(src, dst, proto, p.vlan, p.vni);
-        let idx = match self.map.get(&key) {
+        let idx = match self.map.get(&TableKey(key)) {
             Some(&i) => i,
             None => self.create(key, src, dst, p, l4, out),
         };
@@ -535,6 +579,10 @@ impl<H: StreamHandler> FlowTable<H> {
                 new_class = Class::Established;
             }
         }
+        // Already the most recent of its class (a burst of one flow): nothing to move.
+        if new_class == self.slab[i].class && self.lists[new_class as usize].head == idx {
+            return;
+        }
         self.unlink(idx);
         self.slab[i].class = new_class;
         self.push_front(idx);
@@ -618,8 +666,6 @@ impl<H: StreamHandler> FlowTable<H> {
             fins: [false; 2],
             synack: false,
             class,
-            prev: NIL,
-            next: NIL,
             handler,
             streams: [Stream::default(), Stream::default()],
             live: true,
@@ -627,14 +673,16 @@ impl<H: StreamHandler> FlowTable<H> {
         let idx = match self.free.pop() {
             Some(i) => {
                 self.slab[i as usize] = entry;
+                self.links[i as usize] = UNLINKED;
                 i
             }
             None => {
                 self.slab.push(entry);
+                self.links.push(UNLINKED);
                 (self.slab.len() - 1) as u32
             }
         };
-        self.map.insert(key, idx);
+        self.map.insert(TableKey(key), idx);
         self.counters.peak_active = self.counters.peak_active.max(self.map.len() as u64);
         self.push_front(idx);
         out.push(FlowEvent::Started(meta));
@@ -727,7 +775,7 @@ impl<H: StreamHandler> FlowTable<H> {
             std::mem::swap(&mut rec.fwd, &mut rec.rev);
             rec.gaps.swap(0, 1);
         }
-        self.map.remove(&key);
+        self.map.remove(&TableKey(key));
         self.free.push(idx);
         self.counters.ended += 1;
         out.push(FlowEvent::Ended(rec));
