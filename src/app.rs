@@ -5,12 +5,12 @@ use crate::alert::{flow_event, Alerter, EveWriter};
 use crate::analysis::{Analysis, Learning};
 use crate::capture::file::{CaptureError, CaptureFile, Next};
 use crate::capture::RawFrame;
+use crate::decode::Net;
 use crate::decode::{self, Decoded, Decoder};
-use crate::decode::{Net, PacketSummary};
 use crate::detect::learned::Model;
 use crate::detect::rules::{RuleError, RuleSet};
 use crate::detect::Finding;
-use crate::flow::{Direction, FlowEvent, FlowMeta, FlowRecord, FlowTable};
+use crate::flow::{FlowEvent, FlowTable};
 use crate::proto::{Analyzer, ProtoEvent};
 use crate::settings::{ConfigError, Settings};
 use crate::stats::Stats;
@@ -64,26 +64,9 @@ pub fn load_rules(dir: Option<&Path>) -> Result<RuleSet, RuleError> {
 }
 
 /// What a worker hands to the analysis stage: flow starts, application events, flow records and
-/// the packets that belong to no flow (ARP). All owned, so they can cross threads in batches.
-#[derive(Debug)]
-pub enum Emitted {
-    Started(FlowMeta),
-    App {
-        meta: FlowMeta,
-        ts: Timestamp,
-        dir: Direction,
-        event: ProtoEvent,
-    },
-    /// A flow's packets and bytes in one activity window.
-    Activity {
-        meta: FlowMeta,
-        window: Timestamp,
-        fwd: (u64, u64),
-        rev: (u64, u64),
-    },
-    Flow(FlowRecord),
-    Packet(PacketSummary),
-}
+/// the packets that belong to no flow (ARP). All owned, so they can cross threads in batches; the
+/// flow table writes them in place (no conversion, no move).
+pub type Emitted = FlowEvent<ProtoEvent>;
 
 /// Time spent per stage (bench mode).
 #[derive(Clone, Copy, Debug, Default)]
@@ -134,7 +117,7 @@ pub fn order_events(v: &mut Vec<Emitted>, from: usize) {
     );
 }
 
-impl Emitted {
+impl FlowEvent<ProtoEvent> {
     /// The key of [`order_events`]: the flow id (0 for packets outside flows).
     pub fn order_key(&self) -> u64 {
         match self {
@@ -150,7 +133,6 @@ impl Emitted {
 pub struct Worker {
     pub decoder: Decoder,
     pub flows: FlowTable<Analyzer>,
-    events: Vec<FlowEvent<ProtoEvent>>,
     pub app_events: u64,
     /// Protocol anomalies by name (`mqtt.oversized_packet`...), before alert suppression.
     pub anomalies: std::collections::BTreeMap<&'static str, u64>,
@@ -185,7 +167,6 @@ impl Worker {
         Worker {
             decoder: Decoder::new(),
             flows: FlowTable::new(settings.flow),
-            events: Vec::with_capacity(64),
             app_events: 0,
             anomalies: Default::default(),
             timing: None,
@@ -205,15 +186,17 @@ impl Worker {
 
     /// Advances packet time (flow expiry and activity windows).
     pub fn tick(&mut self, now: Timestamp, out: &mut Vec<Emitted>) {
-        self.flows.tick(now, &mut self.events);
-        self.hand_on(out);
+        let from = out.len();
+        self.flows.tick(now, out);
+        self.count(out, from);
     }
 
     /// [`Worker::tick`] in pieces of up to `max` flows; true while some remain (call again
     /// before the next frame).
     pub fn tick_some(&mut self, now: Timestamp, out: &mut Vec<Emitted>, max: usize) -> bool {
-        let more = self.flows.tick_some(now, &mut self.events, max);
-        self.hand_on(out);
+        let from = out.len();
+        let more = self.flows.tick_some(now, out, max);
+        self.count(out, from);
         more
     }
 
@@ -232,9 +215,9 @@ impl Worker {
                 if matches!(p.transport(), Some(decode::Transport::Icmp { .. })) {
                     out.push(Emitted::Packet(p));
                 }
-                self.flows
-                    .observe(&p, decode::payload(frame, &p), &mut self.events);
-                self.hand_on(out);
+                let from = out.len();
+                self.flows.observe(&p, decode::payload(frame, &p), out);
+                self.count(out, from);
             }
             if let (Some(t), Some(t1)) = (self.timing.as_mut(), t1) {
                 t.flow += t1.elapsed();
@@ -245,54 +228,31 @@ impl Worker {
         }
     }
 
-    fn hand_on(&mut self, out: &mut Vec<Emitted>) {
-        for ev in self.events.drain(..) {
-            out.push(match ev {
-                FlowEvent::Started(m) => Emitted::Started(m),
-                FlowEvent::App {
-                    meta,
-                    ts,
-                    dir,
-                    event,
-                } => {
-                    self.app_events += 1;
-                    if let ProtoEvent::Anomaly { name, .. } = &event {
-                        *self.anomalies.entry(*name).or_default() += 1;
-                    }
-                    Emitted::App {
-                        meta,
-                        ts,
-                        dir,
-                        event,
-                    }
+    /// Counts the application events and anomalies among `out[from..]`.
+    fn count(&mut self, out: &[Emitted], from: usize) {
+        for ev in out.get(from..).unwrap_or(&[]) {
+            if let FlowEvent::App { event, .. } = ev {
+                self.app_events += 1;
+                if let ProtoEvent::Anomaly { name, .. } = event {
+                    *self.anomalies.entry(*name).or_default() += 1;
                 }
-                FlowEvent::Activity {
-                    meta,
-                    window,
-                    fwd,
-                    rev,
-                } => Emitted::Activity {
-                    meta,
-                    window,
-                    fwd,
-                    rev,
-                },
-                FlowEvent::Ended(r) => Emitted::Flow(r),
-            });
+            }
         }
     }
 
     /// End of input: every flow ends.
     pub fn finish(&mut self, out: &mut Vec<Emitted>) {
-        self.flows.drain(&mut self.events);
-        self.hand_on(out);
+        let from = out.len();
+        self.flows.drain(out);
+        self.count(out, from);
     }
 
     /// End of input in pieces: ends up to `max` flows (in flow id order); true while flows
     /// remain. Keeps the end of a large table from making a burst of events in memory.
     pub fn finish_some(&mut self, out: &mut Vec<Emitted>, max: usize) -> bool {
-        let more = self.flows.drain_some(&mut self.events, max);
-        self.hand_on(out);
+        let from = out.len();
+        let more = self.flows.drain_some(out, max);
+        self.count(out, from);
         more
     }
 

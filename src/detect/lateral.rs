@@ -725,7 +725,6 @@ mod tests {
         let (key, _) = FlowKey::new(a, b, 6, Vlans::default(), None);
         FlowMeta {
             id: key.flow_id(t),
-            key,
             initiator: a,
             responder: b,
             proto: 6,

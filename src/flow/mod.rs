@@ -86,7 +86,11 @@ pub enum FlowEvent<E> {
         fwd: (u64, u64),
         rev: (u64, u64),
     },
-    Ended(FlowRecord),
+    /// The flow's record: it ended (or an active-timeout slice of it).
+    Flow(FlowRecord),
+    /// A packet that belongs to no flow (ARP) or whose details flow records do not keep (ICMP
+    /// types): put on the same stream by the worker, never by the flow table.
+    Packet(PacketSummary),
 }
 
 /// Flow table settings (all times in seconds of packet time).
@@ -178,6 +182,8 @@ struct Entry<H> {
     fins: [bool; 2],
     synack: bool,
     class: Class,
+    /// The initiator is the key's `lo` end.
+    init_is_lo: bool,
     handler: Option<H>,
     streams: [Stream; 2],
     live: bool,
@@ -481,8 +487,7 @@ impl<H: StreamHandler> FlowTable<H> {
         // Direction relative to the initiator.
         let dir = {
             let e = &self.slab[i];
-            let init_is_lo = e.rec.meta.initiator == e.rec.meta.key.lo;
-            if init_is_lo == src_is_lo {
+            if e.init_is_lo == src_is_lo {
                 Direction::Forward
             } else {
                 Direction::Reverse
@@ -500,7 +505,7 @@ impl<H: StreamHandler> FlowTable<H> {
             e.rec.fwd = DirStats::default();
             e.rec.rev = DirStats::default();
             self.counters.active_timeouts += 1;
-            out.push(FlowEvent::Ended(slice));
+            out.push(FlowEvent::Flow(slice));
         }
         let e = &mut self.slab[i];
         e.rec.last = e.rec.last.max(p.ts);
@@ -619,7 +624,6 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         let meta = FlowMeta {
             id: key.flow_id(p.ts.0),
-            key,
             initiator,
             responder,
             proto: key.proto,
@@ -666,6 +670,7 @@ impl<H: StreamHandler> FlowTable<H> {
             fins: [false; 2],
             synack: false,
             class,
+            init_is_lo: initiator == key.lo,
             handler,
             streams: [Stream::default(), Stream::default()],
             live: true,
@@ -768,7 +773,7 @@ impl<H: StreamHandler> FlowTable<H> {
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
         e.rec.synack_seen = e.synack;
         e.streams = [Stream::default(), Stream::default()];
-        let key = e.rec.meta.key;
+        let key = e.rec.meta.key();
         let mut rec = e.rec;
         if swapped {
             rec.meta = rec.meta.swapped();
@@ -778,7 +783,7 @@ impl<H: StreamHandler> FlowTable<H> {
         self.map.remove(&TableKey(key));
         self.free.push(idx);
         self.counters.ended += 1;
-        out.push(FlowEvent::Ended(rec));
+        out.push(FlowEvent::Flow(rec));
     }
 
     fn evict_one(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {

@@ -9,7 +9,6 @@ use crate::time::Timestamp;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FlowMeta {
     pub id: FlowId,
-    pub key: FlowKey,
     /// The side that sent the first packet (for TCP: the SYN, when it was seen).
     pub initiator: Endpoint,
     pub responder: Endpoint,
@@ -23,6 +22,19 @@ pub struct FlowMeta {
 }
 
 impl FlowMeta {
+    /// The flow's canonical key (made from the endpoints; not stored, so that the metadata
+    /// every event carries stays small).
+    pub fn key(&self) -> FlowKey {
+        FlowKey::new(
+            self.initiator,
+            self.responder,
+            self.proto,
+            self.vlan,
+            self.vni,
+        )
+        .0
+    }
+
     /// The same flow with initiator and responder exchanged.
     pub fn swapped(&self) -> FlowMeta {
         FlowMeta {
