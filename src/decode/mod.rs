@@ -599,8 +599,10 @@ pub fn shard_hash(link: u32, b: &[u8]) -> u64 {
         _ => None,
     };
     let Some(ip) = ip else { return 0 };
-    let (src, dst, proto, l4): (&[u8], &[u8], u8, Option<&[u8]>) = match ip.first().map(|v| v >> 4)
-    {
+    // Addresses as integers (no slice compares): the order of the two ends and the hash need
+    // only be the same for both directions of a flow.
+    let word = |b: &[u8]| -> u128 { b.iter().fold(0u128, |acc, &x| acc << 8 | u128::from(x)) };
+    let (src, dst, proto, l4): (u128, u128, u8, Option<&[u8]>) = match ip.first().map(|v| v >> 4) {
         Some(4) => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
             let (Some(s), Some(d), Some(&p)) = (ip.get(12..16), ip.get(16..20), ip.get(9)) else {
@@ -608,13 +610,18 @@ pub fn shard_hash(link: u32, b: &[u8]) -> u64 {
             };
             // Non-first fragments carry no ports.
             let frag_off = be16(ip, 6).unwrap_or(0) & 0x1fff;
-            (s, d, p, if frag_off == 0 { ip.get(ihl..) } else { None })
+            (
+                word(s),
+                word(d),
+                p,
+                if frag_off == 0 { ip.get(ihl..) } else { None },
+            )
         }
         Some(6) => {
             let (Some(s), Some(d), Some(&p)) = (ip.get(8..24), ip.get(24..40), ip.get(6)) else {
                 return 0;
             };
-            (s, d, p, ip.get(40..))
+            (word(s), word(d), p, ip.get(40..))
         }
         _ => return 0,
     };
@@ -625,8 +632,12 @@ pub fn shard_hash(link: u32, b: &[u8]) -> u64 {
     let a = (src, ports.0);
     let z = (dst, ports.1);
     let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5eed).hash_one((lo, hi, proto))
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
+    h.write_u128(lo.0);
+    h.write_u128(hi.0);
+    h.write_u64(u64::from(lo.1) << 32 | u64::from(hi.1) << 8 | u64::from(proto));
+    h.finish()
 }
 
 #[cfg(test)]
