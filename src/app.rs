@@ -488,9 +488,11 @@ impl Engine {
     fn write_emitted(&mut self) {
         let t0 = self.worker.timing.map(|_| Instant::now());
         order_events(&mut self.emitted, 0);
-        for e in self.emitted.drain(..) {
-            self.back.consume(&e);
+        // Read in place (events are large), then dropped together.
+        for e in &self.emitted {
+            self.back.consume(e);
         }
+        self.emitted.clear();
         if let (Some(t), Some(t0)) = (self.worker.timing.as_mut(), t0) {
             t.analysis += t0.elapsed();
         }

@@ -137,7 +137,7 @@ impl Finding {
             vlan: meta.vlan,
             app_proto,
             identifier: String::new(),
-            evidence: Evidence::default(),
+            evidence: Evidence::with_capacity(8),
         }
     }
 
@@ -154,6 +154,11 @@ impl Finding {
 pub struct Evidence(Vec<(&'static str, Value)>);
 
 impl Evidence {
+    /// Room for `n` values (a finding has a handful: one allocation, not one per growth).
+    pub fn with_capacity(n: usize) -> Evidence {
+        Evidence(Vec::with_capacity(n))
+    }
+
     pub fn insert(&mut self, key: &'static str, v: Value) {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = v,
