@@ -47,7 +47,8 @@ pub struct ReportArgs {
 /// Worker threads [default: the number of cores].
 #[derive(Args, Debug, Clone, Default)]
 pub struct WorkerArgs {
-    /// Worker threads, sharded by flow (1 runs every stage on one thread).
+    /// Worker threads, sharded by flow (1 runs every stage on one thread) [default: the number
+    /// of cores, at most 64]
     #[arg(short, long, value_name = "N")]
     pub workers: Option<usize>,
 }
