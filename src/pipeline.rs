@@ -27,6 +27,12 @@ use std::time::Instant;
 
 /// Frames per batch sent to a worker.
 const BATCH: usize = 512;
+/// A batch of copied frames (a stream, live capture) goes as soon as its copies reach this many
+/// bytes, so that queued batches hold at most `BATCH_QUEUE` MiB of frames per worker, whatever
+/// the frame size (up to 64 KiB on a bridge).
+const ARENA_MAX: usize = 1 << 20;
+/// Batches queued per worker.
+const BATCH_QUEUE: usize = 32;
 /// Every this many frames, all workers get a mark so the back end can move on.
 const MARK_EVERY: u64 = 8192;
 
@@ -226,7 +232,7 @@ impl FrameSink for Reader {
             }
         };
         self.pending[w].items.push(item);
-        if self.pending[w].items.len() >= BATCH {
+        if self.pending[w].items.len() >= BATCH || self.pending[w].arena.len() >= ARENA_MAX {
             self.send(w);
         }
         if self.seq.is_multiple_of(MARK_EVERY) {
@@ -442,11 +448,11 @@ pub fn run_parallel(
     let mut senders = Vec::with_capacity(n);
     let mut receivers = Vec::with_capacity(n);
     for _ in 0..n {
-        let (tx, rx) = bounded::<Batch>(32);
+        let (tx, rx) = bounded::<Batch>(BATCH_QUEUE);
         senders.push(tx);
         receivers.push(rx);
     }
-    let (recycle_tx, recycled) = bounded::<Batch>(64 * n);
+    let (recycle_tx, recycled) = bounded::<Batch>((BATCH_QUEUE + 2) * n);
     let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(64)).unzip();
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
