@@ -219,6 +219,11 @@ impl FrameSink for Reader {
             None => {
                 let b = &mut self.pending[w];
                 let start = b.arena.len();
+                if b.arena.capacity() == 0 {
+                    // Room for the batch's copies up to the limit plus one large frame, reserved
+                    // once (growth by doubling would hold up to twice the limit).
+                    b.arena.reserve_exact(ARENA_MAX + (64 << 10));
+                }
                 b.arena.extend_from_slice(f.bytes);
                 Item::Frame {
                     seq,
