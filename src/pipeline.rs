@@ -110,11 +110,20 @@ struct Piece {
 }
 
 impl Piece {
+    /// A piece to fill: one the back end has read, emptied here (its events are dropped by
+    /// the thread that allocated them, off the back end's thread), or a new one.
     fn new(spare: &Receiver<Piece>) -> Piece {
-        spare.try_recv().unwrap_or_else(|_| Piece {
-            events: Vec::with_capacity(BATCH),
-            keys: Vec::with_capacity(BATCH),
-        })
+        match spare.try_recv() {
+            Ok(mut p) => {
+                p.events.clear();
+                p.keys.clear();
+                p
+            }
+            Err(_) => Piece {
+                events: Vec::with_capacity(BATCH),
+                keys: Vec::with_capacity(BATCH),
+            },
+        }
     }
 
     /// Orders the events from `from` on (those of one frame or tick) and keys them `seq`.
@@ -383,11 +392,12 @@ impl Merger {
             }
             if let Some(o) = q.pop_front() {
                 self.cursor[w] = 0;
-                let (mut events, mut keys) = (o.events, o.keys);
-                events.clear();
-                keys.clear();
-                // Dropped when the worker holds enough spares.
-                let _ = self.spare[w].try_send(Piece { events, keys });
+                // Read: back to its worker, which drops the events when it reuses the piece
+                // (dropped here when the worker holds enough spares).
+                let _ = self.spare[w].try_send(Piece {
+                    events: o.events,
+                    keys: o.keys,
+                });
             }
         }
     }
