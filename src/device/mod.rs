@@ -150,6 +150,13 @@ pub struct DeviceProfile {
     pub peers: BoundedSet<IpAddr>,
     pub packets: u64,
     pub bytes: u64,
+    /// The address the device was last seen with: an event from it skips the `ips` set.
+    #[serde(skip)]
+    last_ip: Option<IpAddr>,
+    /// The topic of the device's last MQTT publish (the analyzer shares one string per repeated
+    /// topic): a publish to it again skips the `mqtt_topics` set.
+    #[serde(skip)]
+    last_topic: Option<std::sync::Arc<str>>,
 }
 
 fn ser_display<S: serde::Serializer>(v: &DeviceId, s: S) -> Result<S::Ok, S::Error> {
@@ -398,6 +405,8 @@ impl Devices {
                     peers: BoundedSet::default(),
                     packets: 0,
                     bytes: 0,
+                    last_ip: None,
+                    last_topic: None,
                 };
                 self.counters.devices += 1;
                 p.ips.insert(ip, 16);
@@ -405,9 +414,11 @@ impl Devices {
                 v.insert(p)
             }
         };
-        // Most devices have one address: skip the set when it is the first one.
-        if p.ips.items.first() != Some(&ip) {
+        // Most devices have one address: skip the set when it is the last one seen (and held:
+        // an address the full set refused is counted each time, as before).
+        if p.last_ip != Some(ip) {
             p.ips.insert(ip, 16);
+            p.last_ip = p.ips.contains(&ip).then_some(ip);
         }
         if ts > p.last_seen {
             p.last_seen = ts;
@@ -634,8 +645,20 @@ impl Devices {
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            if !p.mqtt_topics.items.contains(topic.as_ref()) {
-                                p.mqtt_topics.insert(topic.to_string(), SMALL_CAP);
+                            let again = p
+                                .last_topic
+                                .as_ref()
+                                .is_some_and(|t| std::sync::Arc::ptr_eq(t, topic));
+                            if !again {
+                                if !p.mqtt_topics.items.contains(topic.as_ref()) {
+                                    p.mqtt_topics.insert(topic.to_string(), SMALL_CAP);
+                                }
+                                // Only a topic the set holds (a refused one is counted again).
+                                p.last_topic = p
+                                    .mqtt_topics
+                                    .items
+                                    .contains(topic.as_ref())
+                                    .then(|| std::sync::Arc::clone(topic));
                             }
                         }
                     }
