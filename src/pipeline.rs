@@ -314,17 +314,15 @@ fn run_worker(
         for (i, item) in batch.items.iter().enumerate() {
             // The frame a few items ahead was last touched by the reader, on another core:
             // ask for its first bytes now, so that they are here when it is decoded.
-            if let Some(&Item::Frame {
-                start,
-                arena: false,
-                ..
-            }) = batch.items.get(i + PREFETCH_AHEAD)
-            {
-                if let Some(m) = batch.map.as_deref() {
-                    // Headers and the start of the payload: two cache lines.
-                    prefetch(m.get(start..).unwrap_or(&[]));
-                    prefetch(m.get(start + 64..).unwrap_or(&[]));
-                }
+            if let Some(&Item::Frame { start, arena, .. }) = batch.items.get(i + PREFETCH_AHEAD) {
+                let data: &[u8] = if arena {
+                    &batch.arena
+                } else {
+                    batch.map.as_deref().map_or(&[][..], |m| &m[..])
+                };
+                // Headers and the start of the payload: two cache lines.
+                prefetch(data.get(start..).unwrap_or(&[]));
+                prefetch(data.get(start + 64..).unwrap_or(&[]));
             }
             let seq = match *item {
                 Item::Frame {
