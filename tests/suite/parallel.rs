@@ -120,6 +120,16 @@ fn ticks_and_the_end_of_input_in_pieces_give_the_same_events() {
     }
 }
 
+/// The lines a successful run wrote, in order, without its `stats` events.
+fn body(o: &std::process::Output) -> Vec<String> {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.contains("\"event_type\":\"stats\""))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Runs of the same capture write the same bytes in the same order, also when several
 /// brute-force episodes close at one moment (hash tables iterate in a per-process random
 /// order; what is written must not follow it). The capture is the lab attack replayed as six
@@ -148,14 +158,6 @@ fn runs_write_the_same_bytes_in_the_same_order() {
     let b = run(&["replay", "-q", "--workers", "1", p]);
     let c = run(&["replay", "-q", "--workers", "2", p]);
     let _ = std::fs::remove_file(&path);
-    let body = |o: &std::process::Output| -> Vec<String> {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.contains("\"event_type\":\"stats\""))
-            .map(str::to_string)
-            .collect()
-    };
     let (a, b, c) = (body(&a), body(&b), body(&c));
     assert!(a == b, "two runs wrote different output");
     assert!(
@@ -214,14 +216,6 @@ fn a_stream_of_large_frames_gives_the_same_output_as_the_mapped_file() {
         .output()
         .unwrap();
     let _ = std::fs::remove_file(&path);
-    let body = |o: &std::process::Output| -> Vec<String> {
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.contains("\"event_type\":\"stats\""))
-            .map(str::to_string)
-            .collect()
-    };
     let (a, b) = (body(&mapped), body(&streamed));
     assert!(a
         .iter()
