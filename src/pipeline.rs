@@ -90,15 +90,22 @@ impl Batch {
             items: Vec::with_capacity(BATCH),
         }
     }
+
+    /// The bytes an item's `start..` refers to: the batch's copies or the shared mapping.
+    fn data(&self, arena: bool) -> &[u8] {
+        if arena {
+            &self.arena
+        } else {
+            self.map.as_deref().map_or(&[][..], |m| &m[..])
+        }
+    }
 }
 
 /// A worker's events of one batch, and how far it got. The events stay where the worker wrote
-/// them (they are large): `keys[i]` is the (sequence, order key) of `events[i]`, and the back
-/// end reads them in place.
+/// them (they are large): the back end reads them in place.
 struct Out {
     worker: usize,
-    events: Vec<Emitted>,
-    keys: Vec<(u64, u64)>,
+    piece: Piece,
     watermark: u64,
     /// The worker's counters, sent with the batches that carry a tick (for periodic stats).
     counters: Option<Box<WorkerCounters>>,
@@ -111,8 +118,7 @@ impl Out {
     fn new(id: usize, piece: Piece, watermark: u64, w: &Worker) -> Out {
         Out {
             worker: id,
-            events: piece.events,
-            keys: piece.keys,
+            piece,
             watermark,
             counters: None,
             now: w.now(),
@@ -121,7 +127,7 @@ impl Out {
 }
 
 /// The events a worker is collecting for its next [`Out`], in vectors the back end returns
-/// for reuse.
+/// for reuse: `keys[i]` is the (sequence, order key) of `events[i]`.
 struct Piece {
     events: Vec<Emitted>,
     keys: Vec<(u64, u64)>,
@@ -315,11 +321,7 @@ fn run_worker(
             // The frame a few items ahead was last touched by the reader, on another core:
             // ask for its first bytes now, so that they are here when it is decoded.
             if let Some(&Item::Frame { start, arena, .. }) = batch.items.get(i + PREFETCH_AHEAD) {
-                let data: &[u8] = if arena {
-                    &batch.arena
-                } else {
-                    batch.map.as_deref().map_or(&[][..], |m| &m[..])
-                };
+                let data = batch.data(arena);
                 // Headers and the start of the payload: two cache lines.
                 prefetch(data.get(start..).unwrap_or(&[]));
                 prefetch(data.get(start + 64..).unwrap_or(&[]));
@@ -334,12 +336,8 @@ fn run_worker(
                     len,
                     arena,
                 } => {
-                    let data: &[u8] = if arena {
-                        &batch.arena
-                    } else {
-                        batch.map.as_deref().map_or(&[][..], |m| &m[..])
-                    };
-                    let bytes = data.get(start..start + len as usize).unwrap_or(&[]);
+                    let bytes = batch.data(arena).get(start..start + len as usize);
+                    let bytes = bytes.unwrap_or(&[]);
                     let from = out.events.len();
                     w.frame(
                         &RawFrame {
@@ -402,7 +400,7 @@ fn run_worker(
 
 /// Merges the workers' events in (sequence, flow id) order as far as every worker has got.
 /// Each worker's pieces wait in a queue, read in place from a cursor; a piece read to its end
-/// goes back to its worker, emptied, for reuse.
+/// goes back to its worker, which drops its events when it reuses it.
 struct Merger {
     queues: Vec<VecDeque<Out>>,
     /// Position in the front piece of each queue.
@@ -417,17 +415,13 @@ impl Merger {
         loop {
             let q = &mut self.queues[w];
             let o = q.front()?;
-            if let Some(&k) = o.keys.get(self.cursor[w]) {
+            if let Some(&k) = o.piece.keys.get(self.cursor[w]) {
                 return Some(k);
             }
             if let Some(o) = q.pop_front() {
                 self.cursor[w] = 0;
-                // Read: back to its worker, which drops the events when it reuses the piece
-                // (dropped here when the worker holds enough spares).
-                let _ = self.spare[w].try_send(Piece {
-                    events: o.events,
-                    keys: o.keys,
-                });
+                // Dropped here only when the worker holds enough spares.
+                let _ = self.spare[w].try_send(o.piece);
             }
         }
     }
@@ -455,7 +449,7 @@ impl Merger {
                 return;
             }
             let c = self.cursor[w];
-            if let Some(e) = self.queues[w].front().and_then(|o| o.events.get(c)) {
+            if let Some(e) = self.queues[w].front().and_then(|o| o.piece.events.get(c)) {
                 back.consume(e);
             }
             self.cursor[w] = c + 1;
@@ -637,4 +631,63 @@ pub fn replay_parallel(
         workers: opts.workers.max(1),
         analysis: back.analysis,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Copied frames (a stream, live capture) go on in batches of at most 512 frames or 1 MiB of
+    /// copies, whichever comes first, in buffers that never grow past the limit plus one frame.
+    #[test]
+    fn batches_of_copied_frames_are_bounded_in_bytes() {
+        let (tx, rx) = bounded::<Batch>(1024);
+        let (_recycle_tx, recycled) = bounded::<Batch>(1);
+        let mut reader = Reader {
+            senders: vec![tx],
+            recycled,
+            pending: vec![Batch::new(None)],
+            map: None,
+            clock: Clock::default(),
+            seq: 0,
+            first_ts: None,
+            packets: Arc::new(AtomicU64::new(0)),
+            closed: Arc::new(AtomicBool::new(false)),
+        };
+        // 600 frames of 32 KiB (18.75 MiB), then 600 small ones.
+        let big = vec![0u8; 32 << 10];
+        let small = vec![0u8; 60];
+        for bytes in (0..1200).map(|i| if i < 600 { &big } else { &small }) {
+            reader.frame(&RawFrame {
+                ts: Timestamp::from_secs(1_000),
+                wire_len: bytes.len() as u32,
+                link: crate::capture::linktype::ETHERNET,
+                bytes,
+            });
+        }
+        reader.flush_all(None);
+        drop(reader);
+        let batches: Vec<Batch> = rx.iter().collect();
+        let frames = |b: &Batch| {
+            b.items
+                .iter()
+                .filter(|i| matches!(i, Item::Frame { .. }))
+                .count()
+        };
+        assert_eq!(batches.iter().map(frames).sum::<usize>(), 1200);
+        for b in &batches {
+            assert!(frames(b) <= BATCH, "{} frames", frames(b));
+            assert!(
+                b.arena.len() < ARENA_MAX + (32 << 10),
+                "{} bytes",
+                b.arena.len()
+            );
+            assert!(b.arena.capacity() <= ARENA_MAX + (64 << 10));
+        }
+        // The large frames went 32 a batch (1 MiB), the small ones 512 a batch.
+        assert!(batches
+            .iter()
+            .any(|b| frames(b) == 32 && b.arena.len() == ARENA_MAX));
+        assert!(batches.iter().any(|b| frames(b) == BATCH));
+    }
 }

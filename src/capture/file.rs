@@ -655,11 +655,13 @@ impl CaptureFile {
 
 /// Pages in the next [`POPULATE_CHUNK`] of `m` from `*upto` on.
 fn populate(m: &memmap2::Mmap, upto: &mut usize) {
-    let len = POPULATE_CHUNK.min(m.len().saturating_sub(*upto));
-    if len > 0 {
-        #[cfg(target_os = "linux")]
+    #[cfg(target_os = "linux")]
+    if *upto < m.len() {
+        let len = POPULATE_CHUNK.min(m.len() - *upto);
         let _ = m.advise_range(memmap2::Advice::PopulateRead, *upto, len);
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = m;
     *upto += POPULATE_CHUNK;
 }
 

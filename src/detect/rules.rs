@@ -117,12 +117,12 @@ impl Rule {
     }
 }
 
-/// All rules, indexed by (kind, variant).
+/// All rules, indexed by kind (then variant).
 #[derive(Clone, Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Rule>,
-    by_kind: BTreeMap<(Kind, String), usize>,
-    /// The same, per [`Kind::index`]: (variant, rule index), for lookups at line rate.
+    /// Per [`Kind::index`]: (variant, rule index). A kind has one rule or a few, so a lookup
+    /// scans them, with no key to build per finding.
     per_kind: Vec<Vec<(String, usize)>>,
     /// Where the rules came from (a directory, or "built-in").
     pub origin: String,
@@ -221,8 +221,15 @@ impl RuleSet {
                         format!("severity {severity} out of range 1 (high) .. 3 (low)"),
                     ));
                 }
-                let key = (kind, r.variant.clone());
-                if let Some(&other) = rs.by_kind.get(&key) {
+                if rs.per_kind.len() < Kind::ALL.len() {
+                    rs.per_kind.resize(Kind::ALL.len(), Vec::new());
+                }
+                let same = rs.per_kind.get(kind.index()).and_then(|v| {
+                    v.iter()
+                        .find(|(variant, _)| *variant == r.variant)
+                        .map(|&(_, i)| i)
+                });
+                if let Some(other) = same {
                     let o: &Rule = &rs.rules[other];
                     return Err(RuleError {
                         file: file.into(),
@@ -238,10 +245,6 @@ impl RuleSet {
                     });
                 }
                 sids.insert(sid, (file.to_string(), line));
-                rs.by_kind.insert(key, rs.rules.len());
-                if rs.per_kind.len() < Kind::ALL.len() {
-                    rs.per_kind.resize(Kind::ALL.len(), Vec::new());
-                }
                 if let Some(v) = rs.per_kind.get_mut(kind.index()) {
                     v.push((r.variant.clone(), rs.rules.len()));
                 }
@@ -266,7 +269,6 @@ impl RuleSet {
 
     /// The rule for `kind` and `variant`, falling back to the kind's default rule.
     pub fn get(&self, kind: Kind, variant: &str) -> Option<&Rule> {
-        // A kind has a rule or a few: a scan of its entries, with no key to build per finding.
         let mut default = None;
         for (v, i) in self.per_kind.get(kind.index()).into_iter().flatten() {
             if v == variant {
@@ -340,6 +342,33 @@ severity = 3
         let syntax = OK.replace("sid = 9000001", "sid = = 1");
         let e = RuleSet::from_texts([("e.toml", syntax.as_str())]).unwrap_err();
         assert_eq!(e.line, 3);
+        // Two rules for one kind and variant; another variant of the kind is fine and is
+        // what `get` picks for it, the default rule for any other variant.
+        let two = format!("{OK}\n{}", OK.replace("9000001", "9000002"));
+        let e = RuleSet::from_texts([("f.toml", two.as_str())]).unwrap_err();
+        assert_eq!(e.line, 11, "the second rule's [[rule]] line");
+        assert!(
+            e.reason.contains("a second rule for kind plaintext_mqtt"),
+            "{e}"
+        );
+        let ws = OK
+            .replace("9000001", "9000002")
+            .replace("rev = 1", "rev = 1\nvariant = \"ws\"");
+        let both = format!("{OK}\n{ws}");
+        let rs = RuleSet::from_texts([("g.toml", both.as_str())]).expect("two variants");
+        assert_eq!(
+            rs.get(Kind::PlaintextMqtt, "ws").map(|r| r.sid),
+            Some(9000002)
+        );
+        assert_eq!(
+            rs.get(Kind::PlaintextMqtt, "").map(|r| r.sid),
+            Some(9000001)
+        );
+        assert_eq!(
+            rs.get(Kind::PlaintextMqtt, "other").map(|r| r.sid),
+            Some(9000001)
+        );
+        assert!(rs.get(Kind::PlaintextHttp, "").is_none());
     }
 
     #[test]

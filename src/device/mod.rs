@@ -405,7 +405,7 @@ impl Devices {
                     peers: BoundedSet::default(),
                     packets: 0,
                     bytes: 0,
-                    last_ip: None,
+                    last_ip: Some(ip),
                     last_topic: None,
                 };
                 self.counters.devices += 1;
@@ -478,37 +478,22 @@ impl Devices {
         }))
     }
 
-    /// Adds `n` to feature `i` of device `id` in `window`, and to the flow's row.
+    /// Adds `v` to the features from `at` on of device `id` in `window`, and to the flow's row.
     fn add(
         &mut self,
         window: Timestamp,
         id: DeviceId,
         m: &FlowMeta,
         initiator: bool,
-        i: usize,
-        n: f64,
-    ) {
-        self.stats(window, id).v[i] += n;
-        if let Some(r) = self.row(window, id, m, initiator) {
-            r.v[i] += n;
-        }
-    }
-
-    /// [`Devices::add`] of features 0..4 (packets out, in, bytes out, in) at once.
-    fn add4(
-        &mut self,
-        window: Timestamp,
-        id: DeviceId,
-        m: &FlowMeta,
-        initiator: bool,
-        v: [f64; 4],
+        at: usize,
+        v: &[f64],
     ) {
         let s = self.stats(window, id);
-        for (a, n) in s.v.iter_mut().zip(v) {
+        for (a, n) in s.v.iter_mut().skip(at).zip(v) {
             *a += n;
         }
         if let Some(r) = self.row(window, id, m, initiator) {
-            for (a, n) in r.v.iter_mut().zip(v) {
+            for (a, n) in r.v.iter_mut().skip(at).zip(v) {
                 *a += n;
             }
         }
@@ -517,7 +502,14 @@ impl Devices {
     /// A flow starts in `window`: one more flow out (initiator) or in for `id`, and its row is
     /// marked started.
     fn start(&mut self, window: Timestamp, id: DeviceId, m: &FlowMeta, initiator: bool) {
-        self.add(window, id, m, initiator, if initiator { 4 } else { 5 }, 1.0);
+        self.add(
+            window,
+            id,
+            m,
+            initiator,
+            if initiator { 4 } else { 5 },
+            &[1.0],
+        );
         if let Some(r) = self.row(window, id, m, initiator) {
             r.started = true;
         }
@@ -598,8 +590,9 @@ impl Devices {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
                     }
+                    // Features 0..4: packets out, in, bytes out, in.
                     let v = [out_pb.0, in_pb.0, out_pb.1, in_pb.1].map(|n| n as f64);
-                    self.add4(*window, id, meta, initiator, v);
+                    self.add(*window, id, meta, initiator, 0, &v);
                 }
             }
             Emitted::App {
@@ -626,7 +619,7 @@ impl Devices {
                             _ => None,
                         };
                         if let Some(i) = idx {
-                            self.add(w, a, meta, true, i, 1.0);
+                            self.add(w, a, meta, true, i, &[1.0]);
                         }
                         if let Some(r) = self.row(w, a, meta, true) {
                             r.app = Some(*app);
@@ -641,7 +634,7 @@ impl Devices {
                         }
                     }
                     ProtoEvent::MqttPublish { topic, .. } if *dir == Direction::Forward => {
-                        self.add(w, a, meta, true, 6, 1.0);
+                        self.add(w, a, meta, true, 6, &[1.0]);
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
@@ -683,7 +676,7 @@ impl Devices {
                 if r.failed_attempt() {
                     let w = self.window_of(r.last);
                     if let Some(a) = self.id_of(r.meta.initiator.ip, r.meta.initiator_mac) {
-                        self.add(w, a, &r.meta, true, 10, 1.0);
+                        self.add(w, a, &r.meta, true, 10, &[1.0]);
                     }
                 }
             }
