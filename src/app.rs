@@ -412,11 +412,20 @@ impl Back {
     }
 }
 
+/// The single-threaded engine hands events to the back end after this many frames, or
+/// [`BATCH_EVENTS`] events, whichever comes first: each stage's code and tables stay warm in
+/// the cache over a run of frames.
+const BATCH_FRAMES: usize = 256;
+const BATCH_EVENTS: usize = 256;
+
 /// The single-threaded engine: one worker, ticked by its own clock, and the back end.
 pub struct Engine {
     pub worker: Worker,
     pub back: Back,
+    /// Events of the frames since the last hand-over to the back end.
     emitted: Vec<Emitted>,
+    /// Frames since that hand-over.
+    pending_frames: usize,
     stats_interval: u64,
     next_stats: Option<Timestamp>,
     pub first_ts: Option<Timestamp>,
@@ -440,7 +449,8 @@ impl Engine {
         Engine {
             worker: Worker::new(settings),
             back,
-            emitted: Vec::with_capacity(64),
+            emitted: Vec::with_capacity(BATCH_EVENTS + 64),
+            pending_frames: 0,
             stats_interval: 0,
             next_stats: None,
             first_ts: None,
@@ -458,18 +468,21 @@ impl Engine {
             self.first_ts = Some(frame.ts);
         }
         if self.clock.due(frame.ts) {
+            // Events of earlier frames first, then the tick's, in chunks.
+            self.write_emitted();
             while self
                 .worker
                 .tick_some(frame.ts, &mut self.emitted, DRAIN_CHUNK)
             {
-                self.write_emitted();
+                self.write_ordered();
             }
-            if !self.emitted.is_empty() {
-                self.write_emitted();
-            }
+            self.write_ordered();
         }
+        let from = self.emitted.len();
         self.worker.frame(frame, &mut self.emitted);
-        if !self.emitted.is_empty() {
+        order_events(&mut self.emitted, from);
+        self.pending_frames += 1;
+        if self.pending_frames >= BATCH_FRAMES || self.emitted.len() >= BATCH_EVENTS {
             self.write_emitted();
         }
         if self.stats_interval > 0 {
@@ -485,9 +498,19 @@ impl Engine {
         }
     }
 
-    fn write_emitted(&mut self) {
-        let t0 = self.worker.timing.map(|_| Instant::now());
+    /// Orders the events of one tick or drain chunk (nothing else pending), then hands them on.
+    fn write_ordered(&mut self) {
         order_events(&mut self.emitted, 0);
+        self.write_emitted();
+    }
+
+    /// Hands the pending events (each frame's or chunk's already in order) to the back end.
+    fn write_emitted(&mut self) {
+        self.pending_frames = 0;
+        if self.emitted.is_empty() {
+            return;
+        }
+        let t0 = self.worker.timing.map(|_| Instant::now());
         // Read in place (events are large), then dropped together.
         for e in &self.emitted {
             self.back.consume(e);
@@ -498,17 +521,26 @@ impl Engine {
         }
     }
 
+    /// Hands on the events of the frames seen so far and flushes the output (the input is
+    /// idle, or a second has passed on a live link).
+    pub fn flush(&mut self) {
+        self.write_emitted();
+        self.back.writer.flush();
+    }
+
     pub fn write_stats(&mut self, now: Timestamp) {
+        self.write_emitted();
         let c = self.worker.counters();
         self.back.write_stats(now, self.first_ts, &c);
     }
 
     /// Ends all flows, writes the final stats and flushes.
     pub fn finish(&mut self) -> Result<(), AppError> {
-        while self.worker.finish_some(&mut self.emitted, DRAIN_CHUNK) {
-            self.write_emitted();
-        }
         self.write_emitted();
+        while self.worker.finish_some(&mut self.emitted, DRAIN_CHUNK) {
+            self.write_ordered();
+        }
+        self.write_ordered();
         self.back.finish_detectors();
         let now = self.worker.now();
         self.write_stats(now);
@@ -697,7 +729,7 @@ impl FrameSink for Engine {
         self.back.writer.closed
     }
     fn idle(&mut self) {
-        self.back.writer.flush();
+        self.flush();
     }
 }
 

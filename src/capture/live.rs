@@ -128,7 +128,7 @@ fn capture_loop(
                 frames += 1;
                 engine.frame(&raw_frame(&p, link));
                 if frames.is_multiple_of(16) && last_flush.elapsed().as_secs() >= 1 {
-                    engine.back.writer.flush();
+                    engine.flush();
                     last_flush = std::time::Instant::now();
                 }
                 if frames.is_multiple_of(1024) {
@@ -140,7 +140,7 @@ fn capture_loop(
                 }
             }
             Err(pcap::Error::TimeoutExpired) => {
-                engine.back.writer.flush();
+                engine.flush();
                 last_flush = std::time::Instant::now();
                 continue;
             }

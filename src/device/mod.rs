@@ -125,6 +125,20 @@ impl<T: Ord> BoundedSet<T> {
     }
 }
 
+impl BoundedSet<String> {
+    /// [`BoundedSet::insert`] of a borrowed string: allocates only for a value the set takes.
+    pub fn insert_str(&mut self, v: &str, cap: usize) -> bool {
+        if self.items.contains(v) {
+            return false;
+        }
+        if self.items.len() >= cap {
+            self.overflow += 1;
+            return false;
+        }
+        self.items.insert(v.to_string())
+    }
+}
+
 /// What the inventory knows of a device.
 #[derive(Clone, Debug, Serialize)]
 pub struct DeviceProfile {
@@ -547,10 +561,7 @@ impl Devices {
                             use std::fmt::Write as _;
                             key.clear();
                             let _ = write!(key, "{proto}/{}", m.responder.port);
-                            // Allocates only for a service not seen before.
-                            if !p.services_used.contains(&key) {
-                                p.services_used.insert(key.clone(), SMALL_CAP);
-                            }
+                            p.services_used.insert_str(&key, SMALL_CAP);
                         }
                     }
                     self.scratch = key;
@@ -627,7 +638,7 @@ impl Devices {
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
+                            p.protocols.insert_str(app.as_str(), SMALL_CAP);
                         }
                         if let Some(b) = server {
                             self.offered(b, meta, *app, *ts, out);
@@ -643,9 +654,7 @@ impl Devices {
                                 .as_ref()
                                 .is_some_and(|t| std::sync::Arc::ptr_eq(t, topic));
                             if !again {
-                                if !p.mqtt_topics.items.contains(topic.as_ref()) {
-                                    p.mqtt_topics.insert(topic.to_string(), SMALL_CAP);
-                                }
+                                p.mqtt_topics.insert_str(topic, SMALL_CAP);
                                 // Only a topic the set holds (a refused one is counted again).
                                 p.last_topic = p
                                     .mqtt_topics
@@ -659,14 +668,14 @@ impl Devices {
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            p.mqtt_client_ids.insert(client_id.clone(), 8);
+                            p.mqtt_client_ids.insert_str(client_id, 8);
                         }
                     }
                     ProtoEvent::TlsClientHello { sni: Some(sni), .. } => {
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            p.tls_sni.insert(sni.clone(), SMALL_CAP);
+                            p.tls_sni.insert_str(sni, SMALL_CAP);
                         }
                     }
                     _ => {}
@@ -701,14 +710,16 @@ impl Devices {
         ts: Timestamp,
         out: &mut Vec<DeviceOutput>,
     ) {
+        use std::fmt::Write as _;
         let proto = if meta.proto == 6 { "tcp" } else { "udp" };
+        let mut key = std::mem::take(&mut self.scratch);
         if let Some(p) = self.profile(b, meta.responder.ip, meta.responder_mac, ts, out) {
-            p.services_offered.insert(
-                format!("{proto}/{} {}", meta.responder.port, app.as_str()),
-                SMALL_CAP,
-            );
-            p.protocols.insert(app.as_str().to_string(), SMALL_CAP);
+            key.clear();
+            let _ = write!(key, "{proto}/{} {}", meta.responder.port, app.as_str());
+            p.services_offered.insert_str(&key, SMALL_CAP);
+            p.protocols.insert_str(app.as_str(), SMALL_CAP);
         }
+        self.scratch = key;
     }
 
     /// Closes every window that ended more than one window before `window` (late events of the

@@ -77,6 +77,45 @@ fn replay_from_pipe(out: &Path, extra: &[&str]) -> Child {
 }
 
 #[test]
+fn a_frames_alerts_are_written_while_the_pipe_idles() {
+    // The engine hands events to the analysis stage in batches of frames; an input that goes
+    // quiet must not keep the last frames' alerts back. 63 frames within one second of packet
+    // time: no tick hands them on either, only the idle input.
+    let f = "pcaps/credentials/sv_ftp_bob_password_success.pcap";
+    let dir = tmpdir("idle");
+    let capture = std::fs::read(f).unwrap();
+    for workers in ["1", "2"] {
+        let full = dir.join(format!("full{workers}.json"));
+        let o = run(&[
+            "replay",
+            "-q",
+            "--no-model",
+            "--workers",
+            workers,
+            "-o",
+            full.to_str().unwrap(),
+            f,
+        ]);
+        assert!(o.status.success());
+        let expected = alerts(&events(&std::fs::read(&full).unwrap()));
+        assert!(!expected.is_empty(), "the FTP login raises alerts");
+        let out = dir.join(format!("idle{workers}.json"));
+        let mut child = replay_from_pipe(&out, &["--workers", workers]);
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&capture).unwrap();
+        stdin.flush().unwrap();
+        let ev = wait_for(&out, "every alert while the input idles", |ev| {
+            alerts(ev).len() >= expected.len()
+        });
+        assert_eq!(alerts(&ev), expected, "{workers} workers");
+        signal(&child, "INT");
+        let status = wait_exit(&mut child, Duration::from_secs(10));
+        drop(stdin);
+        assert_eq!(status.code(), Some(130));
+    }
+}
+
+#[test]
 fn sigint_during_replay_from_a_slow_pipe_keeps_every_alert() {
     let dir = tmpdir("sigint");
     let capture = std::fs::read(pcap("lab/attack.pcap")).unwrap();
