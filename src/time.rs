@@ -54,22 +54,27 @@ pub struct Rfc3339(Timestamp);
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Digits put in place by hand: event logs write several timestamps per flow.
         let secs = self.0.secs();
-        let micros = self.0.subsec_nanos() / 1000;
         let days = (secs / 86_400) as i64;
         let rem = secs % 86_400;
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-            y,
-            m,
-            d,
-            rem / 3600,
-            (rem % 3600) / 60,
-            rem % 60,
-            micros
-        )
+        let mut b = *b"0000-00-00T00:00:00.000000+00:00";
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for c in b[at..at + width].iter_mut().rev() {
+                *c = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        // Years run to 2554 at most (u64 nanoseconds): four digits.
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(m));
+        put(8, 2, u64::from(d));
+        put(11, 2, rem / 3600);
+        put(14, 2, (rem % 3600) / 60);
+        put(17, 2, rem % 60);
+        put(20, 6, u64::from(self.0.subsec_nanos() / 1000));
+        f.write_str(std::str::from_utf8(&b).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -121,6 +126,9 @@ mod tests {
         // Leap day.
         let t = Timestamp::from_secs(951_782_400 + 86_399);
         assert_eq!(t.rfc3339().to_string(), "2000-02-29T23:59:59.000000+00:00");
+        // The last second u64 nanoseconds can hold (`date -u -d @18446744073`).
+        let t = Timestamp::from_secs_nanos(18_446_744_073, 709_551_615);
+        assert_eq!(t.rfc3339().to_string(), "2554-07-21T23:34:33.709551+00:00");
     }
 
     #[test]

@@ -10,6 +10,8 @@ use crate::detect::rules::RuleSet;
 use crate::detect::{Finding, Kind};
 use crate::flow::{Direction, FlowRecord};
 use crate::time::Timestamp;
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -153,7 +155,8 @@ impl EveWriter {
         self.file.as_ref().map_or(0, |f| f.rotations)
     }
 
-    pub fn write(&mut self, v: &Value) {
+    /// Writes one event as a JSON line (a [`Value`], or an event serialized in place).
+    pub fn write<T: Serialize + ?Sized>(&mut self, v: &T) {
         if self.closed {
             return;
         }
@@ -255,7 +258,64 @@ impl EveWriter {
     }
 }
 
-/// Common EVE header fields.
+/// Common EVE header fields, written in place into an event's map.
+struct Head<'a> {
+    ts: Timestamp,
+    event_type: &'a str,
+    src: Option<crate::flow::Endpoint>,
+    dst: Option<crate::flow::Endpoint>,
+    proto: u8,
+    flow_id: Option<u64>,
+    vlan: &'a [u16],
+}
+
+impl Head<'_> {
+    fn entries<M: SerializeMap>(&self, m: &mut M) -> Result<(), M::Error> {
+        m.serialize_entry("timestamp", &Shown(self.ts.rfc3339()))?;
+        if let Some(id) = self.flow_id {
+            m.serialize_entry("flow_id", &id)?;
+        }
+        m.serialize_entry("event_type", self.event_type)?;
+        if !self.vlan.is_empty() {
+            m.serialize_entry("vlan", self.vlan)?;
+        }
+        let ported = self.proto == 6 || self.proto == 17;
+        for (ip, port, e) in [
+            ("src_ip", "src_port", self.src),
+            ("dest_ip", "dest_port", self.dst),
+        ] {
+            if let Some(e) = e {
+                m.serialize_entry(ip, &Shown(e.ip))?;
+                if ported && e.port != 0 {
+                    m.serialize_entry(port, &e.port)?;
+                }
+            }
+        }
+        if self.proto != 0 {
+            m.serialize_entry("proto", &proto_name(self.proto))?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Head<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        self.entries(&mut m)?;
+        m.end()
+    }
+}
+
+/// A value written as the string of its `Display` form, without building the string.
+struct Shown<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Shown<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// Common EVE header fields, as a map to add to.
 fn header(
     ts: Timestamp,
     event_type: &str,
@@ -265,126 +325,162 @@ fn header(
     flow_id: Option<u64>,
     vlan: &[u16],
 ) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("timestamp".into(), ts.rfc3339().to_string().into());
-    if let Some(id) = flow_id {
-        m.insert("flow_id".into(), id.into());
+    let h = Head {
+        ts,
+        event_type,
+        src,
+        dst,
+        proto,
+        flow_id,
+        vlan,
+    };
+    match serde_json::to_value(&h) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
     }
-    m.insert("event_type".into(), event_type.into());
-    if !vlan.is_empty() {
-        m.insert("vlan".into(), vlan.to_vec().into());
-    }
-    if let Some(s) = src {
-        m.insert("src_ip".into(), s.ip.to_string().into());
-        if (proto == 6 || proto == 17) && s.port != 0 {
-            m.insert("src_port".into(), s.port.into());
-        }
-    }
-    if let Some(d) = dst {
-        m.insert("dest_ip".into(), d.ip.to_string().into());
-        if (proto == 6 || proto == 17) && d.port != 0 {
-            m.insert("dest_port".into(), d.port.into());
-        }
-    }
-    if proto != 0 {
-        m.insert("proto".into(), proto_name(proto));
-    }
-    m
 }
 
-fn tcp_flags_hex(f: u8) -> String {
-    format!("{f:02x}")
+/// The EVE `flow` event of a flow record, serialized in place (flow logs write one per flow).
+pub fn flow_event(r: &FlowRecord) -> FlowOut<'_> {
+    FlowOut(r)
 }
 
-/// Builds the EVE `flow` event of a flow record.
-pub fn flow_event(r: &FlowRecord) -> Value {
-    let m = &r.meta;
-    let mut e = header(
-        r.last,
-        "flow",
-        Some(m.initiator),
-        Some(m.responder),
-        m.proto,
-        Some(m.id.0),
-        m.vlan.as_slice(),
-    );
-    if r.app != "unknown" {
-        e.insert("app_proto".into(), r.app.into());
+/// See [`flow_event`].
+pub struct FlowOut<'a>(&'a FlowRecord);
+
+impl Serialize for FlowOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let m = &r.meta;
+        let mut e = s.serialize_map(None)?;
+        Head {
+            ts: r.last,
+            event_type: "flow",
+            src: Some(m.initiator),
+            dst: Some(m.responder),
+            proto: m.proto,
+            flow_id: Some(m.id.0),
+            vlan: m.vlan.as_slice(),
+        }
+        .entries(&mut e)?;
+        if r.app != "unknown" {
+            e.serialize_entry("app_proto", r.app)?;
+        }
+        e.serialize_entry("flow", &FlowPart(r))?;
+        if let Some(vni) = m.vni {
+            e.serialize_entry("vxlan", &json!({ "vni": vni }))?;
+        }
+        if m.proto == 6 {
+            e.serialize_entry("tcp", &TcpPart(r))?;
+        }
+        e.end()
     }
-    let age = r.last.secs_since(r.start);
-    e.insert(
-        "flow".into(),
-        json!({
-            "pkts_toserver": r.fwd.packets,
-            "pkts_toclient": r.rev.packets,
-            "bytes_toserver": r.fwd.bytes,
-            "bytes_toclient": r.rev.bytes,
-            "start": r.start.rfc3339().to_string(),
-            "end": r.last.rfc3339().to_string(),
-            "age": age,
-            "state": match r.end { crate::flow::FlowEnd::Fin | crate::flow::FlowEnd::Rst => "closed", _ => if m.proto == 6 { r.tcp.as_str() } else { "new" } },
-            "reason": r.end.as_str(),
-        }),
-    );
-    if let Some(vni) = m.vni {
-        e.insert("vxlan".into(), json!({ "vni": vni }));
+}
+
+/// The `flow` object of a flow event.
+struct FlowPart<'a>(&'a FlowRecord);
+
+impl Serialize for FlowPart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use crate::flow::FlowEnd;
+        let r = self.0;
+        let mut f = s.serialize_map(Some(9))?;
+        f.serialize_entry("pkts_toserver", &r.fwd.packets)?;
+        f.serialize_entry("pkts_toclient", &r.rev.packets)?;
+        f.serialize_entry("bytes_toserver", &r.fwd.bytes)?;
+        f.serialize_entry("bytes_toclient", &r.rev.bytes)?;
+        f.serialize_entry("start", &Shown(r.start.rfc3339()))?;
+        f.serialize_entry("end", &Shown(r.last.rfc3339()))?;
+        f.serialize_entry("age", &r.last.secs_since(r.start))?;
+        let state = match r.end {
+            FlowEnd::Fin | FlowEnd::Rst => "closed",
+            _ if r.meta.proto == 6 => r.tcp.as_str(),
+            _ => "new",
+        };
+        f.serialize_entry("state", state)?;
+        f.serialize_entry("reason", r.end.as_str())?;
+        f.end()
     }
-    if m.proto == 6 {
+}
+
+/// The `tcp` object of a TCP flow event.
+struct TcpPart<'a>(&'a FlowRecord);
+
+impl Serialize for TcpPart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
         let all = r.fwd.tcp_flags | r.rev.tcp_flags;
-        let bit = |b: u8| all & b != 0;
-        e.insert(
-            "tcp".into(),
-            json!({
-                "tcp_flags": tcp_flags_hex(all),
-                "tcp_flags_ts": tcp_flags_hex(r.fwd.tcp_flags),
-                "tcp_flags_tc": tcp_flags_hex(r.rev.tcp_flags),
-                "syn": bit(0x02), "fin": bit(0x01), "rst": bit(0x04), "psh": bit(0x08), "ack": bit(0x10),
-                "state": r.tcp.as_str(),
-                "gap_bytes_ts": r.gaps[Direction::Forward.index()],
-                "gap_bytes_tc": r.gaps[Direction::Reverse.index()],
-            }),
-        );
+        let mut t = s.serialize_map(Some(11))?;
+        t.serialize_entry("tcp_flags", &Shown(Hex2(all)))?;
+        t.serialize_entry("tcp_flags_ts", &Shown(Hex2(r.fwd.tcp_flags)))?;
+        t.serialize_entry("tcp_flags_tc", &Shown(Hex2(r.rev.tcp_flags)))?;
+        for (name, bit) in [
+            ("syn", 0x02),
+            ("fin", 0x01),
+            ("rst", 0x04),
+            ("psh", 0x08),
+            ("ack", 0x10),
+        ] {
+            t.serialize_entry(name, &(all & bit != 0))?;
+        }
+        t.serialize_entry("state", r.tcp.as_str())?;
+        t.serialize_entry("gap_bytes_ts", &r.gaps[Direction::Forward.index()])?;
+        t.serialize_entry("gap_bytes_tc", &r.gaps[Direction::Reverse.index()])?;
+        t.end()
     }
-    Value::Object(e)
+}
+
+/// A byte as two lower-case hex digits.
+struct Hex2(u8);
+
+impl std::fmt::Display for Hex2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let b = crate::decode::hex_byte(self.0);
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 /// The EVE `flow_window` event (under `--flows`): one flow's part in one device's window of the
 /// device stage, with every field present (null where absent), so that a flow log reads as one
 /// table. See [`crate::device::FlowWindow`].
-pub fn flow_window_event(r: &crate::device::FlowWindow, window_secs: u64) -> Value {
-    let mut e = Map::new();
-    e.insert("timestamp".into(), r.window.rfc3339().to_string().into());
-    e.insert("flow_id".into(), r.flow_id.into());
-    e.insert("event_type".into(), "flow_window".into());
-    e.insert("window".into(), r.window.secs().into());
-    e.insert("window_secs".into(), window_secs.into());
-    e.insert("device".into(), r.device.to_string().into());
-    e.insert("device_ip".into(), r.device_ip.to_string().into());
-    e.insert(
-        "role".into(),
-        if r.initiator {
+pub fn flow_window_event(r: &crate::device::FlowWindow, window_secs: u64) -> FlowWindowOut<'_> {
+    FlowWindowOut { r, window_secs }
+}
+
+/// See [`flow_window_event`] (serialized in place).
+pub struct FlowWindowOut<'a> {
+    r: &'a crate::device::FlowWindow,
+    window_secs: u64,
+}
+
+impl Serialize for FlowWindowOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.r;
+        let mut e = s.serialize_map(None)?;
+        e.serialize_entry("timestamp", &Shown(r.window.rfc3339()))?;
+        e.serialize_entry("flow_id", &r.flow_id)?;
+        e.serialize_entry("event_type", "flow_window")?;
+        e.serialize_entry("window", &r.window.secs())?;
+        e.serialize_entry("window_secs", &self.window_secs)?;
+        e.serialize_entry("device", &Shown(r.device))?;
+        e.serialize_entry("device_ip", &Shown(r.device_ip))?;
+        let role = if r.initiator {
             "initiator"
         } else {
             "responder"
+        };
+        e.serialize_entry("role", role)?;
+        e.serialize_entry("peer_ip", &Shown(r.peer_ip))?;
+        e.serialize_entry("peer_device", &r.peer_device.map(Shown))?;
+        e.serialize_entry("proto", &proto_name(r.proto))?;
+        e.serialize_entry("dest_port", &r.dest_port)?;
+        e.serialize_entry("started", &r.started)?;
+        e.serialize_entry("app", &r.app.map(|a| a.as_str()))?;
+        for i in crate::device::ADDITIVE {
+            e.serialize_entry(crate::device::FEATURES[i], &(r.v[i] as u64))?;
         }
-        .into(),
-    );
-    e.insert("peer_ip".into(), r.peer_ip.to_string().into());
-    e.insert(
-        "peer_device".into(),
-        r.peer_device.map_or(Value::Null, |d| d.to_string().into()),
-    );
-    e.insert("proto".into(), proto_name(r.proto));
-    e.insert("dest_port".into(), r.dest_port.into());
-    e.insert("started".into(), r.started.into());
-    e.insert(
-        "app".into(),
-        r.app.map_or(Value::Null, |a| a.as_str().into()),
-    );
-    for i in crate::device::ADDITIVE {
-        e.insert(crate::device::FEATURES[i].into(), (r.v[i] as u64).into());
+        e.end()
     }
-    Value::Object(e)
 }
 
 /// The EVE `device` event, written when a device appears for the first time.

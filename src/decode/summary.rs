@@ -7,10 +7,26 @@ pub type Mac = [u8; 6];
 
 /// Formats a MAC address as `aa:bb:cc:dd:ee:ff`.
 pub fn fmt_mac(m: &Mac) -> String {
-    format!(
-        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-        m[0], m[1], m[2], m[3], m[4], m[5]
-    )
+    MacText(*m).to_string()
+}
+
+/// A byte as two lower-case hex digits.
+pub fn hex_byte(v: u8) -> [u8; 2] {
+    const D: &[u8; 16] = b"0123456789abcdef";
+    [D[usize::from(v >> 4)], D[usize::from(v & 15)]]
+}
+
+/// Display adapter writing a MAC address as `aa:bb:cc:dd:ee:ff` without allocating.
+pub struct MacText(pub Mac);
+
+impl std::fmt::Display for MacText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut b = *b"00:00:00:00:00:00";
+        for (i, v) in self.0.iter().enumerate() {
+            b[3 * i..3 * i + 2].copy_from_slice(&hex_byte(*v));
+        }
+        f.write_str(std::str::from_utf8(&b).map_err(|_| std::fmt::Error)?)
+    }
 }
 
 /// Up to two VLAN ids (outermost first), as EVE's `vlan` array.
@@ -207,5 +223,20 @@ impl SkipReason {
     }
     pub fn index(self) -> usize {
         self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_print_as_lower_case_hex_pairs() {
+        assert_eq!(
+            fmt_mac(&[0x00, 0x1b, 0xa0, 0xff, 0x0a, 0xf0]),
+            "00:1b:a0:ff:0a:f0"
+        );
+        assert_eq!(MacText([0xff; 6]).to_string(), "ff:ff:ff:ff:ff:ff");
+        assert_eq!(hex_byte(0x0f), *b"0f");
     }
 }

@@ -13,7 +13,7 @@
 pub mod baseline;
 
 use crate::app::Emitted;
-use crate::decode::{fmt_mac, Mac, Net};
+use crate::decode::{fmt_mac, Mac, MacText, Net};
 use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowMeta};
 use crate::proto::{AppProto, ProtoEvent};
@@ -62,7 +62,7 @@ pub enum DeviceId {
 impl std::fmt::Display for DeviceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DeviceId::Mac(m) => write!(f, "{}", fmt_mac(m)),
+            DeviceId::Mac(m) => write!(f, "{}", MacText(*m)),
             DeviceId::Ip(ip) => write!(f, "{ip}"),
         }
     }
