@@ -166,7 +166,7 @@ impl Worker {
     pub fn new(settings: &Settings) -> Self {
         Worker {
             decoder: Decoder::new(),
-            flows: FlowTable::new(settings.flow),
+            flows: FlowTable::with_home(settings.flow, settings.home_net.clone()),
             app_events: 0,
             anomalies: Default::default(),
             timing: None,

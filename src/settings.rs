@@ -444,7 +444,24 @@ impl Settings {
     pub fn is_home(&self, ip: IpAddr) -> bool {
         self.home_net.iter().any(|n| n.contains(&ip))
     }
+}
 
+/// An address that can be a device: unicast (not multicast, broadcast, unspecified, nor an
+/// IPv4 address ending in .255) and in one of the home networks `home`.
+pub fn device_address(home: &[IpNet], ip: IpAddr) -> bool {
+    let unicast = match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || v4.octets()[3] == 255)
+        }
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    };
+    unicast && home.iter().any(|n| n.contains(&ip))
+}
+
+impl Settings {
     /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
     /// (always within one zone).
     pub fn segmentation_allows(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
@@ -492,6 +509,18 @@ mod tests {
         assert_eq!(st.zone_of("198.18.2.7".parse().unwrap()), Some("site"));
         assert!(st.is_home("198.19.0.1".parse().unwrap()));
         assert!(!st.is_home("192.0.2.1".parse().unwrap()));
+        let dev = |ip: &str| device_address(&st.home_net, ip.parse().unwrap());
+        assert!(dev("198.18.1.7"));
+        // Home, but no single host: broadcast, .255, multicast, unspecified; and not home.
+        for ip in [
+            "198.19.255.255",
+            "198.18.1.255",
+            "224.0.0.251",
+            "0.0.0.0",
+            "192.0.2.1",
+        ] {
+            assert!(!dev(ip), "{ip}");
+        }
     }
 
     #[test]

@@ -733,6 +733,7 @@ mod tests {
             first: Timestamp::from_secs(t),
             initiator_mac: None,
             responder_mac: None,
+            local: FlowMeta::local_bits(true, true),
         }
     }
 

@@ -317,26 +317,29 @@ impl Devices {
 
     /// The device an endpoint belongs to, if it is one (a unicast home address).
     fn id_of(&mut self, ip: IpAddr, mac: Option<Mac>) -> Option<DeviceId> {
-        let unicast = match ip {
-            IpAddr::V4(v4) => {
-                !(v4.is_multicast()
-                    || v4.is_broadcast()
-                    || v4.is_unspecified()
-                    || v4.octets()[3] == 255)
-            }
-            IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+        self.is_device_address(ip).then(|| self.identify(ip, mac))
+    }
+
+    /// The device of one end of a flow, if it is one (its worker marked the ends that can be).
+    fn end_of(&self, m: &FlowMeta, initiator: bool) -> Option<DeviceId> {
+        let (ip, mac, bit) = if initiator {
+            (m.initiator.ip, m.initiator_mac, FlowMeta::LOCAL_INITIATOR)
+        } else {
+            (m.responder.ip, m.responder_mac, FlowMeta::LOCAL_RESPONDER)
         };
-        if !unicast || !self.is_home(ip) {
-            return None;
-        }
+        (m.local & bit != 0).then(|| self.identify(ip, mac))
+    }
+
+    /// How a device address is identified: by its MAC, unless the MAC is a router's.
+    fn identify(&self, ip: IpAddr, mac: Option<Mac>) -> DeviceId {
         match mac {
-            Some(m) if m[0] & 1 == 0 && !self.routers.contains(&m) => Some(DeviceId::Mac(m)),
-            _ => Some(DeviceId::Ip(ip)),
+            Some(m) if m[0] & 1 == 0 && !self.routers.contains(&m) => DeviceId::Mac(m),
+            _ => DeviceId::Ip(ip),
         }
     }
 
-    /// The address is in one of the home networks (cached: every event asks for both ends).
-    fn is_home(&mut self, ip: IpAddr) -> bool {
+    /// The address can be a device (cached: ARP asks for every packet).
+    fn is_device_address(&mut self, ip: IpAddr) -> bool {
         let h = match ip {
             IpAddr::V4(v4) => u32::from(v4).wrapping_mul(0x9E37_79B1) >> 24,
             IpAddr::V6(v6) => {
@@ -350,7 +353,7 @@ impl Devices {
         if slot.0 == Some(ip) {
             return slot.1;
         }
-        let home = self.home.iter().any(|n| n.contains(&ip));
+        let home = crate::settings::device_address(&self.home, ip);
         *slot = (Some(ip), home);
         home
     }
@@ -462,12 +465,12 @@ impl Devices {
         if !self.log_flows {
             return None;
         }
-        let (me, peer, peer_mac) = if initiator {
-            (m.initiator.ip, m.responder.ip, m.responder_mac)
+        let (me, peer) = if initiator {
+            (m.initiator.ip, m.responder.ip)
         } else {
-            (m.responder.ip, m.initiator.ip, m.initiator_mac)
+            (m.responder.ip, m.initiator.ip)
         };
-        let peer_device = self.id_of(peer, peer_mac);
+        let peer_device = self.end_of(m, !initiator);
         let key = (m.id.0, initiator);
         let flows = &self.stats(window, id).flows;
         if !flows.contains_key(&key) && flows.len() >= MAX_FLOW_LOG_ROWS {
@@ -530,11 +533,8 @@ impl Devices {
     }
 
     /// Both ends of a flow as devices (initiator, responder).
-    fn ends(&mut self, m: &FlowMeta) -> (Option<DeviceId>, Option<DeviceId>) {
-        (
-            self.id_of(m.initiator.ip, m.initiator_mac),
-            self.id_of(m.responder.ip, m.responder_mac),
-        )
+    fn ends(&self, m: &FlowMeta) -> (Option<DeviceId>, Option<DeviceId>) {
+        (self.end_of(m, true), self.end_of(m, false))
     }
 
     /// One event from the workers.
@@ -684,7 +684,7 @@ impl Devices {
             Emitted::Flow(r) => {
                 if r.failed_attempt() {
                     let w = self.window_of(r.last);
-                    if let Some(a) = self.id_of(r.meta.initiator.ip, r.meta.initiator_mac) {
+                    if let Some(a) = self.end_of(&r.meta, true) {
                         self.add(w, a, &r.meta, true, 10, &[1.0]);
                     }
                 }

@@ -274,6 +274,8 @@ pub struct FlowTable<H: StreamHandler> {
     ticking: Vec<(FlowId, u32, u8)>,
     /// The window whose activity the current tick reports.
     tick_window: Timestamp,
+    /// Home networks, to mark the ends of a new flow that can be devices (`FlowMeta::local`).
+    home: Vec<ipnet::IpNet>,
     pub counters: FlowCounters,
 }
 
@@ -295,7 +297,17 @@ impl<H: StreamHandler> FlowTable<H> {
             draining: Vec::new(),
             ticking: Vec::new(),
             tick_window: Timestamp::ZERO,
+            home: Vec::new(),
             counters: FlowCounters::default(),
+        }
+    }
+
+    /// A table whose flows mark the ends that can be devices of the home networks `home`
+    /// (with [`FlowTable::new`], no end is marked).
+    pub fn with_home(cfg: FlowConfig, home: Vec<ipnet::IpNet>) -> Self {
+        FlowTable {
+            home,
+            ..FlowTable::new(cfg)
         }
     }
 
@@ -632,6 +644,10 @@ impl<H: StreamHandler> FlowTable<H> {
             first: p.ts,
             initiator_mac: imac,
             responder_mac: rmac,
+            local: FlowMeta::local_bits(
+                crate::settings::device_address(&self.home, initiator.ip),
+                crate::settings::device_address(&self.home, responder.ip),
+            ),
         };
         let class = match l4 {
             Transport::Tcp { .. } => {

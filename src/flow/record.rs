@@ -19,9 +19,22 @@ pub struct FlowMeta {
     /// MAC addresses of the initiator and responder as seen in the first packet.
     pub initiator_mac: Option<Mac>,
     pub responder_mac: Option<Mac>,
+    /// Which ends can be devices ([`crate::settings::device_address`] of the flow table's home
+    /// networks): [`FlowMeta::LOCAL_INITIATOR`], [`FlowMeta::LOCAL_RESPONDER`]. Worked out once
+    /// per flow by its worker, so the device stage need not ask for every event.
+    pub local: u8,
 }
 
 impl FlowMeta {
+    pub const LOCAL_INITIATOR: u8 = 1;
+    pub const LOCAL_RESPONDER: u8 = 2;
+
+    /// [`FlowMeta::local`] of a flow whose initiator and responder can be devices or not.
+    pub fn local_bits(initiator: bool, responder: bool) -> u8 {
+        (if initiator { Self::LOCAL_INITIATOR } else { 0 })
+            | (if responder { Self::LOCAL_RESPONDER } else { 0 })
+    }
+
     /// The flow's canonical key (made from the endpoints; not stored, so that the metadata
     /// every event carries stays small).
     pub fn key(&self) -> FlowKey {
@@ -42,6 +55,10 @@ impl FlowMeta {
             responder: self.initiator,
             initiator_mac: self.responder_mac,
             responder_mac: self.initiator_mac,
+            local: Self::local_bits(
+                self.local & Self::LOCAL_RESPONDER != 0,
+                self.local & Self::LOCAL_INITIATOR != 0,
+            ),
             ..*self
         }
     }
@@ -130,5 +147,34 @@ impl FlowRecord {
     /// got no SYN-ACK, or the responder reset it.
     pub fn failed_attempt(&self) -> bool {
         self.meta.proto == 6 && self.fwd.syns > 0 && !self.synack_seen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swapping_ends_swaps_which_can_be_devices() {
+        let e = |ip: &str, port| Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        let m = FlowMeta {
+            id: FlowId(1),
+            initiator: e("198.18.1.7", 40000),
+            responder: e("203.0.113.5", 443),
+            proto: 6,
+            vlan: Vlans::default(),
+            vni: None,
+            first: Timestamp::ZERO,
+            initiator_mac: Some([2, 0, 0, 0, 0, 1]),
+            responder_mac: None,
+            local: FlowMeta::local_bits(true, false),
+        };
+        let s = m.swapped();
+        assert_eq!(s.local, FlowMeta::LOCAL_RESPONDER);
+        assert_eq!(s.responder_mac, m.initiator_mac);
+        assert_eq!(s.swapped(), m);
     }
 }
