@@ -298,45 +298,12 @@ impl Head<'_> {
     }
 }
 
-impl Serialize for Head<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        self.entries(&mut m)?;
-        m.end()
-    }
-}
-
 /// A value written as the string of its `Display` form, without building the string.
 struct Shown<T>(T);
 
 impl<T: std::fmt::Display> Serialize for Shown<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
-    }
-}
-
-/// Common EVE header fields, as a map to add to.
-fn header(
-    ts: Timestamp,
-    event_type: &str,
-    src: Option<crate::flow::Endpoint>,
-    dst: Option<crate::flow::Endpoint>,
-    proto: u8,
-    flow_id: Option<u64>,
-    vlan: &[u16],
-) -> Map<String, Value> {
-    let h = Head {
-        ts,
-        event_type,
-        src,
-        dst,
-        proto,
-        flow_id,
-        vlan,
-    };
-    match serde_json::to_value(&h) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
     }
 }
 
@@ -542,7 +509,7 @@ impl Alerter {
     }
 
     /// The alert for a finding, or `None` when it has no enabled rule or is suppressed.
-    pub fn alert(&mut self, f: &Finding) -> Option<Value> {
+    pub fn alert<'a>(&'a mut self, f: &'a Finding) -> Option<AlertOut<'a>> {
         let Some(rule) = self.rules.enabled(f.kind, f.variant) else {
             self.counters.no_rule += 1;
             return None;
@@ -559,36 +526,167 @@ impl Alerter {
         if let Some(c) = self.counters.by_kind.get_mut(f.kind.index()) {
             *c += 1;
         }
-        let mut e = header(
-            f.ts,
-            "alert",
-            f.src,
-            f.dst,
-            f.proto,
-            f.flow_id.map(|i| i.0),
-            f.vlan.as_slice(),
-        );
+        Some(AlertOut {
+            f,
+            rule,
+            suppressed_before,
+        })
+    }
+}
+
+/// An EVE `alert` event, serialized in place by the writer.
+pub struct AlertOut<'a> {
+    f: &'a Finding,
+    rule: &'a crate::detect::rules::Rule,
+    /// Findings of the same identifier suppressed since the last alert (0: not written).
+    suppressed_before: u64,
+}
+
+impl Serialize for AlertOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (f, rule) = (self.f, self.rule);
+        let mut e = s.serialize_map(None)?;
+        Head {
+            ts: f.ts,
+            event_type: "alert",
+            src: f.src,
+            dst: f.dst,
+            proto: f.proto,
+            flow_id: f.flow_id.map(|i| i.0),
+            vlan: f.vlan.as_slice(),
+        }
+        .entries(&mut e)?;
         if let Some(a) = f.app_proto {
-            e.insert("app_proto".into(), a.into());
+            e.serialize_entry("app_proto", a)?;
         }
-        e.insert(
-            "alert".into(),
-            json!({
-                "action": "allowed",
-                "gid": 1,
-                "signature_id": rule.sid,
-                "rev": rule.rev,
-                "signature": rule.signature,
-                "category": rule.category,
-                "severity": rule.severity,
-                "kind": f.kind.as_str(),
-            }),
+        e.serialize_entry("alert", &RulePart { rule, kind: f.kind })?;
+        e.serialize_entry(
+            "evidence",
+            &EvidencePart {
+                ev: &f.evidence,
+                suppressed_before: self.suppressed_before,
+            },
+        )?;
+        e.end()
+    }
+}
+
+/// The `alert` object of an alert: the rule that wrote it.
+struct RulePart<'a> {
+    rule: &'a crate::detect::rules::Rule,
+    kind: Kind,
+}
+
+impl Serialize for RulePart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.rule;
+        let mut m = s.serialize_map(Some(8))?;
+        m.serialize_entry("action", "allowed")?;
+        m.serialize_entry("gid", &1)?;
+        m.serialize_entry("signature_id", &r.sid)?;
+        m.serialize_entry("rev", &r.rev)?;
+        m.serialize_entry("signature", &r.signature)?;
+        m.serialize_entry("category", &r.category)?;
+        m.serialize_entry("severity", &r.severity)?;
+        m.serialize_entry("kind", self.kind.as_str())?;
+        m.end()
+    }
+}
+
+/// The `evidence` object of an alert, with the count of findings suppressed since the last one
+/// (`suppressed_since_last`, when there were any).
+struct EvidencePart<'a> {
+    ev: &'a crate::detect::Evidence,
+    suppressed_before: u64,
+}
+
+impl Serialize for EvidencePart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const SUPPRESSED: &str = "suppressed_since_last";
+        let n = self.suppressed_before;
+        let mut m = s.serialize_map(None)?;
+        let mut placed = false;
+        for (k, v) in self.ev.iter() {
+            if n > 0 && k == SUPPRESSED {
+                // Replaced in place, as a later value of a name is.
+                m.serialize_entry(k, &n)?;
+                placed = true;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        if n > 0 && !placed {
+            m.serialize_entry(SUPPRESSED, &n)?;
+        }
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::Endpoint;
+
+    fn rules() -> RuleSet {
+        RuleSet::from_texts([(
+            "t.toml",
+            "[[rule]]\nsid = 7\nrev = 2\nkind = \"plaintext_mqtt\"\nsignature = \"S\"\n\
+             category = \"C\"\nseverity = 3\nsuppress_secs = 60\n",
+        )])
+        .unwrap()
+    }
+
+    fn finding(secs: u64) -> Finding {
+        let e = |ip: &str, port| Endpoint {
+            ip: ip.parse().unwrap(),
+            port,
+        };
+        Finding {
+            ts: Timestamp::from_secs_nanos(secs, 5_000),
+            kind: Kind::PlaintextMqtt,
+            variant: "",
+            src: Some(e("198.18.0.7", 40000)),
+            dst: Some(e("198.18.0.2", 1883)),
+            proto: 6,
+            flow_id: Some(crate::flow::FlowId(42)),
+            vlan: Default::default(),
+            app_proto: Some("mqtt"),
+            identifier: "198.18.0.7|198.18.0.2".into(),
+            evidence: Default::default(),
+        }
+        .with("client_id", "dev-1")
+        .with("topics", json!(["a/b"]))
+    }
+
+    fn line(a: &mut Alerter, f: &Finding) -> Option<String> {
+        a.alert(f).map(|v| serde_json::to_string(&v).unwrap())
+    }
+
+    #[test]
+    fn alerts_are_eve_lines_and_count_what_was_suppressed() {
+        let mut a = Alerter::new(rules(), 600);
+        let first = line(&mut a, &finding(1_000)).expect("written");
+        assert_eq!(
+            first,
+            "{\"timestamp\":\"1970-01-01T00:16:40.000005+00:00\",\"flow_id\":42,\
+             \"event_type\":\"alert\",\"src_ip\":\"198.18.0.7\",\"src_port\":40000,\
+             \"dest_ip\":\"198.18.0.2\",\"dest_port\":1883,\"proto\":\"TCP\",\
+             \"app_proto\":\"mqtt\",\"alert\":{\"action\":\"allowed\",\"gid\":1,\
+             \"signature_id\":7,\"rev\":2,\"signature\":\"S\",\"category\":\"C\",\
+             \"severity\":3,\"kind\":\"plaintext_mqtt\"},\
+             \"evidence\":{\"client_id\":\"dev-1\",\"topics\":[\"a/b\"]}}"
         );
-        let mut ev = f.evidence.to_map();
-        if suppressed_before > 0 {
-            ev.insert("suppressed_since_last".into(), suppressed_before.into());
-        }
-        e.insert("evidence".into(), Value::Object(ev));
-        Some(Value::Object(e))
+        // Within the rule's 60 s: suppressed, twice.
+        assert_eq!(line(&mut a, &finding(1_030)), None);
+        assert_eq!(line(&mut a, &finding(1_059)), None);
+        // After it: written, with the count, after the finding's own evidence.
+        let later: Value = serde_json::from_str(&line(&mut a, &finding(1_061)).unwrap()).unwrap();
+        let ev = later["evidence"].as_object().unwrap();
+        assert_eq!(
+            ev.keys().collect::<Vec<_>>(),
+            ["client_id", "topics", "suppressed_since_last"]
+        );
+        assert_eq!(ev["suppressed_since_last"], 2);
+        assert_eq!(a.counters.written, 2);
     }
 }

@@ -14,7 +14,7 @@ pub mod scan;
 use crate::decode::Vlans;
 use crate::flow::{Endpoint, FlowId};
 use crate::time::Timestamp;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The vocabulary of `alert.kind`: one word per kind of finding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,12 +170,9 @@ impl Evidence {
         self.0.iter().find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
-    /// The JSON object of the alert (names in the order they were added).
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.0
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), v.clone()))
-            .collect()
+    /// The names and values, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.0.iter().map(|(k, v)| (*k, v))
     }
 }
 
