@@ -93,11 +93,11 @@ impl Analysis {
     }
 
     fn drain_devices(&mut self, findings: &mut Vec<Finding>, new_devices: &mut Vec<DeviceProfile>) {
-        let outs = std::mem::take(&mut self.dev_out);
-        for o in &outs {
+        let mut outs = std::mem::take(&mut self.dev_out);
+        for o in outs.drain(..) {
             match o {
-                DeviceOutput::New(p) => new_devices.push((**p).clone()),
-                DeviceOutput::FlowWindow(r) => self.flow_windows.push((**r).clone()),
+                DeviceOutput::New(p) => new_devices.push(*p),
+                DeviceOutput::FlowWindow(r) => self.flow_windows.push(*r),
                 DeviceOutput::Window(w) if w.partial => {}
                 DeviceOutput::Window(w) => {
                     let learning = match self.learning {
@@ -116,11 +116,11 @@ impl Analysis {
                     let profile = self.devices.get(&w.device);
                     if learning {
                         if let Some(l) = self.learner.as_mut() {
-                            l.observe(w, profile);
+                            l.observe(&w, profile);
                         }
                     } else {
                         self.baseline.on_window(
-                            w,
+                            &w,
                             profile,
                             &self.baselines,
                             self.model.as_ref(),

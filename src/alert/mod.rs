@@ -12,7 +12,7 @@ use crate::flow::{Direction, FlowRecord};
 use crate::time::Timestamp;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -451,25 +451,48 @@ impl Serialize for FlowWindowOut<'_> {
 }
 
 /// The EVE `device` event, written when a device appears for the first time.
-pub fn device_event(d: &crate::device::DeviceProfile) -> Value {
-    let mut e = Map::new();
-    e.insert(
-        "timestamp".into(),
-        d.first_seen.rfc3339().to_string().into(),
-    );
-    e.insert("event_type".into(), "device".into());
-    if let Some(ip) = d.ips.items.iter().next() {
-        e.insert("src_ip".into(), ip.to_string().into());
+pub fn device_event(d: &crate::device::DeviceProfile) -> DeviceOut<'_> {
+    DeviceOut(d)
+}
+
+/// See [`device_event`] (serialized in place).
+pub struct DeviceOut<'a>(&'a crate::device::DeviceProfile);
+
+impl Serialize for DeviceOut<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let mut e = s.serialize_map(None)?;
+        e.serialize_entry("timestamp", &Shown(d.first_seen.rfc3339()))?;
+        e.serialize_entry("event_type", "device")?;
+        if let Some(ip) = d.ips.items.iter().next() {
+            e.serialize_entry("src_ip", &Shown(ip))?;
+        }
+        e.serialize_entry("device", &DevicePart(d))?;
+        e.end()
     }
-    e.insert(
-        "device".into(),
-        json!({
-            "id": d.id.to_string(),
-            "mac": d.mac,
-            "ips": d.ips.items.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
-        }),
-    );
-    Value::Object(e)
+}
+
+/// The `device` object of a device event.
+struct DevicePart<'a>(&'a crate::device::DeviceProfile);
+
+impl Serialize for DevicePart<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let d = self.0;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("id", &Shown(d.id))?;
+        m.serialize_entry("mac", &d.mac)?;
+        m.serialize_entry("ips", &Addresses(&d.ips.items))?;
+        m.end()
+    }
+}
+
+/// A set of addresses as a JSON array of strings.
+struct Addresses<'a>(&'a std::collections::BTreeSet<std::net::IpAddr>);
+
+impl Serialize for Addresses<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(Shown))
+    }
 }
 
 /// Alert counters.
