@@ -1,7 +1,7 @@
 //! Criterion benches over real captures in pcaps/: per stage (decode; decode + flow table; the
 //! whole worker with the rule-based detectors; each protocol analyzer on its reassembled
-//! streams; the detectors alone on recorded flow events; learned scoring) and end to end
-//! (`app::replay`, output discarded). Run: `cargo bench --bench pipeline`.
+//! streams; the detectors alone on recorded flow events; learned scoring; EVE output of flow
+//! records) and end to end (`app::replay`, output discarded). Run: `cargo bench --bench pipeline`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -195,6 +195,24 @@ fn protocols(c: &mut Criterion) {
     g.finish();
 }
 
+/// The worker's events for a capture's frames, as the back end receives them.
+fn recorded_events(
+    settings: &Settings,
+    fr: &[(u32, tapwatch::time::Timestamp, u32, Vec<u8>)],
+) -> Vec<Emitted> {
+    let mut w = Worker::new(settings);
+    let mut out: Vec<Emitted> = Vec::new();
+    let mut clock = tapwatch::app::Clock::default();
+    for f in fr {
+        if clock.due(f.1) {
+            w.tick(f.1, &mut out);
+        }
+        w.frame(&raw(f), &mut out);
+    }
+    w.finish(&mut out);
+    out
+}
+
 fn detectors_and_model(c: &mut Criterion) {
     let settings = Settings::default();
     let rules = tapwatch::detect::rules::RuleSet::embedded().expect("rules");
@@ -204,19 +222,7 @@ fn detectors_and_model(c: &mut Criterion) {
     g.throughput(Throughput::Elements(fr.len() as u64));
     g.bench_function("detectors (rules) on recorded events", |b| {
         b.iter_batched(
-            || {
-                let mut w = Worker::new(&settings);
-                let mut out: Vec<Emitted> = Vec::new();
-                let mut clock = tapwatch::app::Clock::default();
-                for f in &fr {
-                    if clock.due(f.1) {
-                        w.tick(f.1, &mut out);
-                    }
-                    w.frame(&raw(f), &mut out);
-                }
-                w.finish(&mut out);
-                out
-            },
+            || recorded_events(&settings, &fr),
             |events| {
                 let mut det = Detectors::new(&settings, &rules).expect("detectors");
                 let mut findings = Vec::new();
@@ -286,5 +292,34 @@ fn detectors_and_model(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, protocols, detectors_and_model);
+/// The alert stage's biggest output: EVE `flow` lines (`--flows`), one per flow record of a
+/// long benign capture.
+fn output(c: &mut Criterion) {
+    let settings = Settings::default();
+    let events = recorded_events(&settings, &frames("lab/benign.pcap"));
+    let records: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Emitted::Flow(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(!records.is_empty());
+    let mut g = c.benchmark_group("output");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("EVE flow events (benign.pcap)", |b| {
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        b.iter(|| {
+            buf.clear();
+            for r in &records {
+                serde_json::to_writer(&mut buf, &tapwatch::alert::flow_event(r)).expect("json");
+                buf.push(b'\n');
+            }
+            black_box(buf.len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench, protocols, detectors_and_model, output);
 criterion_main!(benches);
