@@ -426,6 +426,8 @@ pub struct Engine {
     emitted: Vec<Emitted>,
     /// Frames since that hand-over.
     pending_frames: usize,
+    /// Gives back the pages of a mapped input behind the frame being read.
+    release: Option<crate::capture::file::Release>,
     stats_interval: u64,
     next_stats: Option<Timestamp>,
     pub first_ts: Option<Timestamp>,
@@ -451,6 +453,7 @@ impl Engine {
             back,
             emitted: Vec::with_capacity(BATCH_EVENTS + 64),
             pending_frames: 0,
+            release: None,
             stats_interval: 0,
             next_stats: None,
             first_ts: None,
@@ -719,8 +722,17 @@ pub fn read_inputs(
 }
 
 impl FrameSink for Engine {
+    fn input(&mut self, map: Option<std::sync::Arc<memmap2::Mmap>>) {
+        self.release = map.map(crate::capture::file::Release::new);
+    }
     fn frame(&mut self, frame: &RawFrame<'_>) {
         Engine::frame(self, frame);
+        // Every frame before this one is done with (events own their data).
+        if let Some(r) = self.release.as_mut() {
+            if let Some(at) = r.offset_of(frame.bytes) {
+                r.upto(at);
+            }
+        }
     }
     fn packets(&self) -> u64 {
         self.worker.decoder.counters.packets

@@ -13,7 +13,7 @@ use crate::app::{
     order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, InputResult,
     ReplayOptions, ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
 };
-use crate::capture::file::CaptureFile;
+use crate::capture::file::{CaptureFile, Release};
 use crate::capture::RawFrame;
 use crate::decode::shard_hash;
 use crate::detect::rules::RuleSet;
@@ -180,6 +180,12 @@ struct Reader {
     recycled: Receiver<Batch>,
     pending: Vec<Batch>,
     map: Option<Arc<memmap2::Mmap>>,
+    /// Gives the mapped pages that every worker is done with back.
+    release: Option<Release>,
+    /// (sequence number, offset in the mapping) of a frame at each mark, oldest first.
+    checkpoints: VecDeque<(u64, usize)>,
+    /// Per worker: the sequence number up to which it is done with its frames' bytes.
+    read: Arc<[AtomicU64]>,
     clock: Clock,
     seq: u64,
     first_ts: Option<Timestamp>,
@@ -188,6 +194,28 @@ struct Reader {
 }
 
 impl Reader {
+    fn new(
+        senders: Vec<Sender<Batch>>,
+        recycled: Receiver<Batch>,
+        read: Arc<[AtomicU64]>,
+        closed: Arc<AtomicBool>,
+    ) -> Reader {
+        Reader {
+            pending: senders.iter().map(|_| Batch::new(None)).collect(),
+            senders,
+            recycled,
+            map: None,
+            release: None,
+            checkpoints: VecDeque::new(),
+            read,
+            clock: Clock::default(),
+            seq: 0,
+            first_ts: None,
+            packets: Arc::new(AtomicU64::new(0)),
+            closed,
+        }
+    }
+
     fn send(&mut self, w: usize) {
         if self.pending[w].items.is_empty() {
             return;
@@ -205,6 +233,34 @@ impl Reader {
         // A worker that ended early (panic) closes its channel; nothing to do then.
         let _ = self.senders[w].send(b);
     }
+    /// At a mark (frame `seq`, `bytes`): gives back the mapped pages before the latest earlier
+    /// mark that every worker has read past.
+    fn give_back(&mut self, seq: u64, bytes: &[u8]) {
+        let Some(r) = self.release.as_mut() else {
+            return;
+        };
+        if let Some(at) = r.offset_of(bytes) {
+            self.checkpoints.push_back((seq, at));
+        }
+        let done = self
+            .read
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(0);
+        let mut upto = None;
+        while let Some(&(s, at)) = self.checkpoints.front() {
+            if s > done {
+                break;
+            }
+            upto = Some(at);
+            self.checkpoints.pop_front();
+        }
+        if let Some(at) = upto {
+            r.upto(at);
+        }
+    }
+
     fn flush_all(&mut self, mark: Option<u64>) {
         for w in 0..self.pending.len() {
             if let Some(seq) = mark {
@@ -219,6 +275,8 @@ impl FrameSink for Reader {
     fn input(&mut self, map: Option<Arc<memmap2::Mmap>>) {
         // Batches never mix inputs.
         self.flush_all(None);
+        self.release = map.clone().map(Release::new);
+        self.checkpoints.clear();
         self.map = map;
         for b in &mut self.pending {
             b.map = self.map.clone();
@@ -275,6 +333,7 @@ impl FrameSink for Reader {
         }
         if self.seq.is_multiple_of(MARK_EVERY) {
             self.flush_all(Some(seq));
+            self.give_back(seq, f.bytes);
         }
         self.packets.store(self.seq, Ordering::Relaxed);
     }
@@ -302,15 +361,26 @@ fn shard_settings(settings: &Settings, n: usize) -> Settings {
     s
 }
 
-fn run_worker(
-    id: usize,
-    settings: &Settings,
-    stats: bool,
+/// A worker's channels: batches in, pieces out, batches and pieces back for reuse; and how far
+/// it has read.
+struct Links<'a> {
     rx: Receiver<Batch>,
     tx: Sender<Out>,
     recycle: Sender<Batch>,
     spare: Receiver<Piece>,
-) -> WorkerEnd {
+    /// The sequence number up to which the worker is done with its frames' bytes (the reader
+    /// gives the mapped pages before them back).
+    read: &'a AtomicU64,
+}
+
+fn run_worker(id: usize, settings: &Settings, stats: bool, links: Links<'_>) -> WorkerEnd {
+    let Links {
+        rx,
+        tx,
+        recycle,
+        spare,
+        read,
+    } = links;
     let mut w = Worker::new(settings);
     // The last sequence number whose events are all handed on.
     let mut watermark = 0;
@@ -372,6 +442,7 @@ fn run_worker(
             };
             watermark = seq;
         }
+        read.store(watermark, Ordering::Release);
         // The batch goes back to the reader for reuse (dropped if the reader has enough).
         let _ = recycle.try_send(batch);
         let mut done = Out::new(id, out, watermark, &w);
@@ -495,14 +566,21 @@ pub fn run_parallel(
     let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(64)).unzip();
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
+    let read: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
     let (input, ends, back, first_ts) = std::thread::scope(|scope| {
         let workers: Vec<_> = receivers
             .into_iter()
             .zip(spare_rx)
             .enumerate()
             .map(|(id, (rx, spare))| {
-                let (tx, recycle) = (out_tx.clone(), recycle_tx.clone());
-                scope.spawn(move || run_worker(id, shard, stats, rx, tx, recycle, spare))
+                let links = Links {
+                    rx,
+                    tx: out_tx.clone(),
+                    recycle: recycle_tx.clone(),
+                    spare,
+                    read: &read[id],
+                };
+                scope.spawn(move || run_worker(id, shard, stats, links))
             })
             .collect();
         drop(out_tx);
@@ -559,17 +637,7 @@ pub fn run_parallel(
             m.pump(&mut back);
             back
         });
-        let mut reader = Reader {
-            pending: (0..n).map(|_| Batch::new(None)).collect(),
-            senders,
-            recycled,
-            map: None,
-            clock: Clock::default(),
-            seq: 0,
-            first_ts: None,
-            packets: Arc::new(AtomicU64::new(0)),
-            closed: Arc::clone(&closed),
-        };
+        let mut reader = Reader::new(senders, recycled, Arc::clone(&read), Arc::clone(&closed));
         let input = feed(&mut reader);
         reader.flush_all(None);
         let first_ts = reader.first_ts;
@@ -643,17 +711,8 @@ mod tests {
     fn batches_of_copied_frames_are_bounded_in_bytes() {
         let (tx, rx) = bounded::<Batch>(1024);
         let (_recycle_tx, recycled) = bounded::<Batch>(1);
-        let mut reader = Reader {
-            senders: vec![tx],
-            recycled,
-            pending: vec![Batch::new(None)],
-            map: None,
-            clock: Clock::default(),
-            seq: 0,
-            first_ts: None,
-            packets: Arc::new(AtomicU64::new(0)),
-            closed: Arc::new(AtomicBool::new(false)),
-        };
+        let read: Arc<[AtomicU64]> = Arc::new([AtomicU64::new(0)]);
+        let mut reader = Reader::new(vec![tx], recycled, read, Arc::new(AtomicBool::new(false)));
         // 600 frames of 32 KiB (18.75 MiB), then 600 small ones.
         let big = vec![0u8; 32 << 10];
         let small = vec![0u8; 60];

@@ -665,6 +665,54 @@ fn populate(m: &memmap2::Mmap, upto: &mut usize) {
     *upto += POPULATE_CHUNK;
 }
 
+/// Pages of a mapped capture are given back this many bytes at a time (see [`Release`]).
+const RELEASE_CHUNK: usize = 16 << 20;
+
+/// Gives back the pages of a mapped capture behind its readers. Once every frame before an
+/// offset is processed, the pages up to it leave the process (`madvise(MADV_DONTNEED)`; they
+/// stay in the page cache), so resident memory stays bounded whatever the capture's length,
+/// and the end of a run does not unmap the whole capture at once.
+pub struct Release {
+    map: std::sync::Arc<memmap2::Mmap>,
+    /// Given back up to here.
+    done: usize,
+}
+
+impl Release {
+    pub fn new(map: std::sync::Arc<memmap2::Mmap>) -> Self {
+        Release { map, done: 0 }
+    }
+
+    /// Offset of `bytes` (a frame) in the mapping, if they are in it.
+    pub fn offset_of(&self, bytes: &[u8]) -> Option<usize> {
+        (bytes.as_ptr() as usize)
+            .checked_sub(self.map.as_ptr() as usize)
+            .filter(|&o| o <= self.map.len())
+    }
+
+    /// Nothing before `offset` will be read again: gives back the whole chunks before it.
+    #[allow(unsafe_code)]
+    pub fn upto(&mut self, offset: usize) {
+        let end = offset.min(self.map.len()) / RELEASE_CHUNK * RELEASE_CHUNK;
+        if end <= self.done {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        // SAFETY: the mapping is a read-only shared mapping of a file (`map_file`): after
+        // MADV_DONTNEED, a later access reads the same bytes from the file again (the caveat of
+        // a file changed while mapped is `map_file`'s). The range is in bounds and page aligned
+        // (the mapping starts on a page, chunks are multiples of any page size).
+        let _ = unsafe {
+            self.map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                self.done,
+                end - self.done,
+            )
+        };
+        self.done = end;
+    }
+}
+
 #[allow(unsafe_code)]
 fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
     // SAFETY: the mapping is read-only and its bytes are treated as untrusted input. If another
@@ -680,4 +728,60 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 /// The ordered list of inputs of one replay: several files form one timeline.
 pub fn open_all(paths: &[PathBuf]) -> Result<Vec<CaptureFile>, CaptureError> {
     paths.iter().map(|p| CaptureFile::open(p)).collect()
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// Resident bytes of the mapping that starts at `addr` (its line in /proc/self/smaps).
+    fn resident(addr: usize) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        while let Some(l) = lines.next() {
+            let start = l.split('-').next().unwrap_or("");
+            if usize::from_str_radix(start, 16) == Ok(addr) {
+                for l in lines.by_ref() {
+                    if let Some(kb) = l.strip_prefix("Rss:") {
+                        let kb = kb.trim().trim_end_matches("kB").trim();
+                        return kb.parse::<u64>().unwrap() * 1024;
+                    }
+                }
+            }
+        }
+        panic!("mapping not found");
+    }
+
+    #[test]
+    fn released_pages_leave_the_process_and_read_back_the_same() {
+        let path = std::env::temp_dir().join(format!("tw-release-{}.bin", std::process::id()));
+        let len = 3 * RELEASE_CHUNK + 4096;
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let map = std::sync::Arc::new(map_file(&File::open(&path).unwrap()).unwrap());
+        let sum = |m: &memmap2::Mmap| m.iter().map(|&b| u64::from(b)).sum::<u64>();
+        let expected = sum(&map);
+        let addr = map.as_ptr() as usize;
+        assert!(
+            resident(addr) >= len as u64 - 4096,
+            "all read: all resident"
+        );
+        let mut r = Release::new(std::sync::Arc::clone(&map));
+        // Not a whole chunk yet: nothing goes.
+        r.upto(RELEASE_CHUNK - 1);
+        assert!(resident(addr) >= len as u64 - 4096);
+        // Two whole chunks before the offset go; the rest stays.
+        let offset = r.offset_of(&map[2 * RELEASE_CHUNK + 10..]).unwrap();
+        r.upto(offset);
+        let left = resident(addr);
+        assert!(
+            left <= (RELEASE_CHUNK + 4096) as u64,
+            "{left} bytes still resident"
+        );
+        // Read again, the bytes are the file's.
+        assert_eq!(sum(&map), expected);
+        drop(r);
+        drop(map);
+        let _ = std::fs::remove_file(&path);
+    }
 }
