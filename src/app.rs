@@ -99,7 +99,7 @@ impl Clock {
 /// order, so that the order does not depend on how flows are sharded over workers. Sorts small
 /// keys and moves each event once (events are large); the common case, already in order, moves
 /// nothing.
-pub fn order_events(v: &mut Vec<Emitted>, from: usize) {
+fn order_events(v: &mut Vec<Emitted>, from: usize) {
     let tail = v.get(from..).unwrap_or(&[]);
     if tail.len() < 2 || tail.is_sorted_by_key(Emitted::order_key) {
         return;
@@ -188,7 +188,7 @@ impl Worker {
     pub fn tick(&mut self, now: Timestamp, out: &mut Vec<Emitted>) {
         let from = out.len();
         self.flows.tick(now, out);
-        self.count(out, from);
+        self.hand_on(out, from);
     }
 
     /// [`Worker::tick`] in pieces of up to `max` flows; true while some remain (call again
@@ -196,13 +196,14 @@ impl Worker {
     pub fn tick_some(&mut self, now: Timestamp, out: &mut Vec<Emitted>, max: usize) -> bool {
         let from = out.len();
         let more = self.flows.tick_some(now, out, max);
-        self.count(out, from);
+        self.hand_on(out, from);
         more
     }
 
     /// Runs one frame through the stages. The owner of the [`Clock`] ticks the worker before
     /// frames that enter a new second.
     pub fn frame(&mut self, frame: &RawFrame<'_>, out: &mut Vec<Emitted>) {
+        let from = out.len();
         let t0 = self.timing.map(|_| Instant::now());
         let d = self.decoder.decode(frame);
         let t1 = t0.map(|_| Instant::now());
@@ -215,9 +216,8 @@ impl Worker {
                 if matches!(p.transport(), Some(decode::Transport::Icmp { .. })) {
                     out.push(Emitted::Packet(p));
                 }
-                let from = out.len();
                 self.flows.observe(&p, decode::payload(frame, &p), out);
-                self.count(out, from);
+                self.hand_on(out, from);
             }
             if let (Some(t), Some(t1)) = (self.timing.as_mut(), t1) {
                 t.flow += t1.elapsed();
@@ -228,8 +228,10 @@ impl Worker {
         }
     }
 
-    /// Counts the application events and anomalies among `out[from..]`.
-    fn count(&mut self, out: &[Emitted], from: usize) {
+    /// The events of one frame, tick or drain chunk, `out[from..]`, as they leave the worker:
+    /// in flow order (see [`order_events`]), application events and anomalies counted.
+    fn hand_on(&mut self, out: &mut Vec<Emitted>, from: usize) {
+        order_events(out, from);
         for ev in out.get(from..).unwrap_or(&[]) {
             if let FlowEvent::App { event, .. } = ev {
                 self.app_events += 1;
@@ -244,7 +246,7 @@ impl Worker {
     pub fn finish(&mut self, out: &mut Vec<Emitted>) {
         let from = out.len();
         self.flows.drain(out);
-        self.count(out, from);
+        self.hand_on(out, from);
     }
 
     /// End of input in pieces: ends up to `max` flows (in flow id order); true while flows
@@ -252,7 +254,7 @@ impl Worker {
     pub fn finish_some(&mut self, out: &mut Vec<Emitted>, max: usize) -> bool {
         let from = out.len();
         let more = self.flows.drain_some(out, max);
-        self.count(out, from);
+        self.hand_on(out, from);
         more
     }
 
@@ -477,13 +479,11 @@ impl Engine {
                 .worker
                 .tick_some(frame.ts, &mut self.emitted, DRAIN_CHUNK)
             {
-                self.write_ordered();
+                self.write_emitted();
             }
-            self.write_ordered();
+            self.write_emitted();
         }
-        let from = self.emitted.len();
         self.worker.frame(frame, &mut self.emitted);
-        order_events(&mut self.emitted, from);
         self.pending_frames += 1;
         if self.pending_frames >= BATCH_FRAMES || self.emitted.len() >= BATCH_EVENTS {
             self.write_emitted();
@@ -501,13 +501,7 @@ impl Engine {
         }
     }
 
-    /// Orders the events of one tick or drain chunk (nothing else pending), then hands them on.
-    fn write_ordered(&mut self) {
-        order_events(&mut self.emitted, 0);
-        self.write_emitted();
-    }
-
-    /// Hands the pending events (each frame's or chunk's already in order) to the back end.
+    /// Hands the pending events (each frame's or chunk's in order) to the back end.
     fn write_emitted(&mut self) {
         self.pending_frames = 0;
         if self.emitted.is_empty() {
@@ -541,9 +535,9 @@ impl Engine {
     pub fn finish(&mut self) -> Result<(), AppError> {
         self.write_emitted();
         while self.worker.finish_some(&mut self.emitted, DRAIN_CHUNK) {
-            self.write_ordered();
+            self.write_emitted();
         }
-        self.write_ordered();
+        self.write_emitted();
         self.back.finish_detectors();
         let now = self.worker.now();
         self.write_stats(now);

@@ -10,8 +10,8 @@
 //! order the single-threaded engine uses — so one worker and N workers give the same alerts.
 
 use crate::app::{
-    order_events, read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, InputResult,
-    ReplayOptions, ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
+    read_inputs, report_end, AppError, Back, Clock, Emitted, FrameSink, InputResult, ReplayOptions,
+    ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
 };
 use crate::capture::file::{CaptureFile, Release};
 use crate::capture::RawFrame;
@@ -150,9 +150,8 @@ impl Piece {
         }
     }
 
-    /// Orders the events from `from` on (those of one frame or tick) and keys them `seq`.
+    /// Keys the events from `from` on (those of one frame or tick, in flow order) `seq`.
     fn seal(&mut self, from: usize, seq: u64) {
-        order_events(&mut self.events, from);
         let keys = self.events.get(from..).unwrap_or(&[]).iter();
         self.keys.extend(keys.map(|e| (seq, e.order_key())));
     }
@@ -179,8 +178,8 @@ struct Reader {
     /// Batches the workers are done with, to be filled again (their buffers keep capacity).
     recycled: Receiver<Batch>,
     pending: Vec<Batch>,
-    map: Option<Arc<memmap2::Mmap>>,
-    /// Gives the mapped pages that every worker is done with back.
+    /// The input's mapping (none for a stream), which gives the pages that every worker is
+    /// done with back.
     release: Option<Release>,
     /// (sequence number, offset in the mapping) of a frame at each mark, oldest first.
     checkpoints: VecDeque<(u64, usize)>,
@@ -204,7 +203,6 @@ impl Reader {
             pending: senders.iter().map(|_| Batch::new(None)).collect(),
             senders,
             recycled,
-            map: None,
             release: None,
             checkpoints: VecDeque::new(),
             read,
@@ -224,24 +222,27 @@ impl Reader {
             Ok(mut b) => {
                 b.items.clear();
                 b.arena.clear();
-                b.map = self.map.clone();
+                b.map = self.map();
                 b
             }
-            Err(_) => Batch::new(self.map.clone()),
+            Err(_) => Batch::new(self.map()),
         };
         let b = std::mem::replace(&mut self.pending[w], fresh);
         // A worker that ended early (panic) closes its channel; nothing to do then.
         let _ = self.senders[w].send(b);
     }
-    /// At a mark (frame `seq`, `bytes`): gives back the mapped pages before the latest earlier
-    /// mark that every worker has read past.
-    fn give_back(&mut self, seq: u64, bytes: &[u8]) {
+    /// The input's mapping, shared with the batches.
+    fn map(&self) -> Option<Arc<memmap2::Mmap>> {
+        self.release.as_ref().map(|r| Arc::clone(r.map()))
+    }
+
+    /// At a mark (frame `seq`, at offset `at` of the mapping): gives back the mapped pages
+    /// before the latest earlier mark that every worker has read past.
+    fn give_back(&mut self, seq: u64, at: usize) {
         let Some(r) = self.release.as_mut() else {
             return;
         };
-        if let Some(at) = r.offset_of(bytes) {
-            self.checkpoints.push_back((seq, at));
-        }
+        self.checkpoints.push_back((seq, at));
         let done = self
             .read
             .iter()
@@ -275,11 +276,11 @@ impl FrameSink for Reader {
     fn input(&mut self, map: Option<Arc<memmap2::Mmap>>) {
         // Batches never mix inputs.
         self.flush_all(None);
-        self.release = map.clone().map(Release::new);
+        self.release = map.map(Release::new);
         self.checkpoints.clear();
-        self.map = map;
+        let map = self.map();
         for b in &mut self.pending {
-            b.map = self.map.clone();
+            b.map = map.clone();
         }
     }
 
@@ -297,13 +298,15 @@ impl FrameSink for Reader {
         }
         let w = (shard_hash(f.link, f.bytes) % self.senders.len() as u64) as usize;
         let seq = 2 * self.seq + 1;
-        let item = match self.map.as_ref() {
-            Some(m) => Item::Frame {
+        // A mapped frame is read in place, at its offset; any other is copied.
+        let mapped = self.release.as_ref().and_then(|r| r.offset_of(f.bytes));
+        let item = match mapped {
+            Some(start) => Item::Frame {
                 seq,
                 ts: f.ts,
                 wire_len: f.wire_len,
                 link: f.link,
-                start: (f.bytes.as_ptr() as usize).saturating_sub(m.as_ptr() as usize),
+                start,
                 len: f.bytes.len() as u32,
                 arena: false,
             },
@@ -333,7 +336,9 @@ impl FrameSink for Reader {
         }
         if self.seq.is_multiple_of(MARK_EVERY) {
             self.flush_all(Some(seq));
-            self.give_back(seq, f.bytes);
+            if let Some(at) = mapped {
+                self.give_back(seq, at);
+            }
         }
         self.packets.store(self.seq, Ordering::Relaxed);
     }
@@ -500,7 +505,7 @@ impl Merger {
     fn pump(&mut self, back: &mut Back) {
         loop {
             let mut next: Option<(usize, (u64, u64))> = None;
-            let mut safe = true;
+            let mut all_queued = true;
             for w in 0..self.queues.len() {
                 match self.front(w) {
                     Some(k) => {
@@ -508,12 +513,12 @@ impl Merger {
                             next = Some((w, k));
                         }
                     }
-                    None => safe = false,
+                    None => all_queued = false,
                 }
             }
             let Some((w, (seq, _))) = next else { return };
             // A worker with nothing queued may still send events before its watermark.
-            if !safe
+            if !all_queued
                 && !(0..self.queues.len())
                     .all(|i| !self.queues[i].is_empty() || self.watermark[i] >= seq)
             {

@@ -625,21 +625,12 @@ struct EvidencePart<'a> {
 
 impl Serialize for EvidencePart<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        const SUPPRESSED: &str = "suppressed_since_last";
-        let n = self.suppressed_before;
         let mut m = s.serialize_map(None)?;
-        let mut placed = false;
         for (k, v) in self.ev.iter() {
-            if n > 0 && k == SUPPRESSED {
-                // Replaced in place, as a later value of a name is.
-                m.serialize_entry(k, &n)?;
-                placed = true;
-            } else {
-                m.serialize_entry(k, v)?;
-            }
+            m.serialize_entry(k, v)?;
         }
-        if n > 0 && !placed {
-            m.serialize_entry(SUPPRESSED, &n)?;
+        if self.suppressed_before > 0 {
+            m.serialize_entry("suppressed_since_last", &self.suppressed_before)?;
         }
         m.end()
     }

@@ -683,6 +683,11 @@ impl Release {
         Release { map, done: 0 }
     }
 
+    /// The mapping.
+    pub fn map(&self) -> &std::sync::Arc<memmap2::Mmap> {
+        &self.map
+    }
+
     /// Offset of `bytes` (a frame) in the mapping, if they are in it.
     pub fn offset_of(&self, bytes: &[u8]) -> Option<usize> {
         (bytes.as_ptr() as usize)

@@ -149,7 +149,8 @@ impl Finding {
 
 /// A finding's evidence: named values in the order they were added (a later value of a name
 /// replaces the earlier one in place). Names are static, so a finding that alert policy then
-/// suppresses costs no key strings; the alert stage turns it into a JSON object.
+/// suppresses costs no key strings; the alert stage turns it into a JSON object, and adds
+/// `suppressed_since_last` (a name detectors leave to it).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Evidence(Vec<(&'static str, Value)>);
 

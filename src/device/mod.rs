@@ -104,15 +104,29 @@ impl<T: Ord> Default for BoundedSet<T> {
 }
 
 impl<T: Ord> BoundedSet<T> {
-    pub fn insert(&mut self, v: T, cap: usize) -> bool {
-        if self.items.contains(&v) {
-            return false;
+    /// Adds `v` (made by `own` only if the set takes it) unless the set is full, which is
+    /// counted; true when the set holds `v` afterwards.
+    fn hold<Q>(&mut self, v: &Q, cap: usize, own: impl FnOnce(&Q) -> T) -> bool
+    where
+        T: std::borrow::Borrow<Q>,
+        Q: Ord + ?Sized,
+    {
+        if self.items.contains(v) {
+            return true;
         }
         if self.items.len() >= cap {
             self.overflow += 1;
             return false;
         }
-        self.items.insert(v)
+        self.items.insert(own(v))
+    }
+    /// Adds `v` unless the set is full, which is counted; true when the set holds `v`
+    /// afterwards.
+    pub fn insert(&mut self, v: T, cap: usize) -> bool
+    where
+        T: Copy,
+    {
+        self.hold(&v, cap, |v| *v)
     }
     pub fn contains(&self, v: &T) -> bool {
         self.items.contains(v)
@@ -128,14 +142,7 @@ impl<T: Ord> BoundedSet<T> {
 impl BoundedSet<String> {
     /// [`BoundedSet::insert`] of a borrowed string: allocates only for a value the set takes.
     pub fn insert_str(&mut self, v: &str, cap: usize) -> bool {
-        if self.items.contains(v) {
-            return false;
-        }
-        if self.items.len() >= cap {
-            self.overflow += 1;
-            return false;
-        }
-        self.items.insert(v.to_string())
+        self.hold(v, cap, str::to_string)
     }
 }
 
@@ -434,8 +441,7 @@ impl Devices {
         // Most devices have one address: skip the set when it is the last one seen (and held:
         // an address the full set refused is counted each time, as before).
         if p.last_ip != Some(ip) {
-            p.ips.insert(ip, 16);
-            p.last_ip = p.ips.contains(&ip).then_some(ip);
+            p.last_ip = p.ips.insert(ip, 16).then_some(ip);
         }
         if ts > p.last_seen {
             p.last_seen = ts;
@@ -654,12 +660,10 @@ impl Devices {
                                 .as_ref()
                                 .is_some_and(|t| std::sync::Arc::ptr_eq(t, topic));
                             if !again {
-                                p.mqtt_topics.insert_str(topic, SMALL_CAP);
                                 // Only a topic the set holds (a refused one is counted again).
                                 p.last_topic = p
                                     .mqtt_topics
-                                    .items
-                                    .contains(topic.as_ref())
+                                    .insert_str(topic, SMALL_CAP)
                                     .then(|| std::sync::Arc::clone(topic));
                             }
                         }
