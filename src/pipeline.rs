@@ -14,8 +14,8 @@ use crate::app::{
     ReplayReport, Worker, WorkerCounters, DRAIN_CHUNK,
 };
 use crate::capture::file::{CaptureFile, Release};
-use crate::capture::RawFrame;
-use crate::decode::shard_hash;
+use crate::capture::{prefetch, RawFrame};
+use crate::decode::{shard_hash, shard_of};
 use crate::detect::rules::RuleSet;
 use crate::settings::Settings;
 use crate::time::Timestamp;
@@ -27,21 +27,6 @@ use std::time::Instant;
 
 /// How many frames ahead a worker asks for a frame's bytes.
 const PREFETCH_AHEAD: usize = 4;
-
-/// Asks the CPU to bring the first bytes of `b` into cache (a hint: no effect on results).
-#[inline]
-#[allow(unsafe_code)]
-fn prefetch(b: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(p) = b.first() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of x86_64's baseline, and a prefetch never faults or reads
-        // memory into the program: it only hints the cache (the address is a live byte anyway).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(p).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = b;
-}
 
 /// Frames per batch sent to a worker.
 const BATCH: usize = 512;
@@ -296,10 +281,10 @@ impl FrameSink for Reader {
             }
             self.flush_all(None);
         }
-        let w = (shard_hash(f.link, f.bytes) % self.senders.len() as u64) as usize;
-        let seq = 2 * self.seq + 1;
         // A mapped frame is read in place, at its offset; any other is copied.
         let mapped = self.release.as_ref().and_then(|r| r.offset_of(f.bytes));
+        let w = shard_of(shard_hash(f.link, f.bytes), self.senders.len());
+        let seq = 2 * self.seq + 1;
         let item = match mapped {
             Some(start) => Item::Frame {
                 seq,
@@ -502,33 +487,56 @@ impl Merger {
         }
     }
 
+    /// Hands the back end every event that no worker can still precede. The worker with the
+    /// least next key goes on for as long as its keys stay below every other worker's next
+    /// key, and within what the workers with nothing queued have vouched for (their
+    /// watermarks): one look at the others per run of events, not per event.
     fn pump(&mut self, back: &mut Back) {
         loop {
             let mut next: Option<(usize, (u64, u64))> = None;
-            let mut all_queued = true;
             for w in 0..self.queues.len() {
-                match self.front(w) {
-                    Some(k) => {
-                        if next.is_none_or(|(_, m)| k < m) {
-                            next = Some((w, k));
-                        }
+                if let Some(k) = self.front(w) {
+                    if next.is_none_or(|(_, m)| k < m) {
+                        next = Some((w, k));
                     }
-                    None => all_queued = false,
                 }
             }
-            let Some((w, (seq, _))) = next else { return };
-            // A worker with nothing queued may still send events before its watermark.
-            if !all_queued
-                && !(0..self.queues.len())
-                    .all(|i| !self.queues[i].is_empty() || self.watermark[i] >= seq)
-            {
+            let Some((w, _)) = next else { return };
+            // The others' bounds: the least next key of those with events queued, and the
+            // least watermark of those without (a sequence number they may still send up to,
+            // exclusive of what they have vouched for).
+            let mut below = (u64::MAX, u64::MAX);
+            let mut upto = u64::MAX;
+            for i in (0..self.queues.len()).filter(|&i| i != w) {
+                match self.front(i) {
+                    Some(k) => below = below.min(k),
+                    None => upto = upto.min(self.watermark[i]),
+                }
+            }
+            let mut moved = false;
+            // Through w's pieces, a run of keys at a time.
+            while self.front(w).is_some() {
+                let c = self.cursor[w];
+                let Some(o) = self.queues[w].front() else {
+                    break;
+                };
+                let keys = o.piece.keys.get(c..).unwrap_or(&[]);
+                let run = keys
+                    .iter()
+                    .take_while(|&&k| k < below && k.0 <= upto)
+                    .count();
+                for e in o.piece.events.get(c..c + run).unwrap_or(&[]) {
+                    back.consume(e);
+                }
+                self.cursor[w] = c + run;
+                moved |= run > 0;
+                if run < keys.len() {
+                    break;
+                }
+            }
+            if !moved {
                 return;
             }
-            let c = self.cursor[w];
-            if let Some(e) = self.queues[w].front().and_then(|o| o.piece.events.get(c)) {
-                back.consume(e);
-            }
-            self.cursor[w] = c + 1;
         }
     }
 }

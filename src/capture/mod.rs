@@ -54,3 +54,18 @@ pub struct CaptureCounters {
     pub kernel_drops: u64,
     pub if_drops: u64,
 }
+
+/// Asks the CPU to bring the first bytes of `b` into cache (a hint: no effect on results).
+#[inline]
+#[allow(unsafe_code)]
+pub fn prefetch(b: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(p) = b.first() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: SSE is part of x86_64's baseline, and a prefetch never faults or reads
+        // memory into the program: it only hints the cache (the address is a live byte anyway).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(p).cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = b;
+}

@@ -599,45 +599,69 @@ pub fn shard_hash(link: u32, b: &[u8]) -> u64 {
         _ => None,
     };
     let Some(ip) = ip else { return 0 };
-    // Addresses as integers (no slice compares): the order of the two ends and the hash need
-    // only be the same for both directions of a flow.
-    let word = |b: &[u8]| -> u128 { b.iter().fold(0u128, |acc, &x| acc << 8 | u128::from(x)) };
-    let (src, dst, proto, l4): (u128, u128, u8, Option<&[u8]>) = match ip.first().map(|v| v >> 4) {
-        Some(4) => {
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let (Some(s), Some(d), Some(&p)) = (ip.get(12..16), ip.get(16..20), ip.get(9)) else {
+    // Each end as one integer (address, then port), read with whole-word loads; the two ends
+    // are put in order, so both directions give the same pair.
+    let (a, z, proto) = match ip.first().copied() {
+        Some(v) if v >> 4 == 4 => {
+            let (Some(s), Some(d), Some(&p)) = (be32(ip, 12), be32(ip, 16), ip.get(9)) else {
                 return 0;
             };
+            let ihl = usize::from(v & 0x0f) * 4;
             // Non-first fragments carry no ports.
-            let frag_off = be16(ip, 6).unwrap_or(0) & 0x1fff;
+            let first = be16(ip, 6).unwrap_or(0) & 0x1fff == 0;
+            let ports = match p {
+                6 | 17 if first => be32(ip, ihl).unwrap_or(0),
+                _ => 0,
+            };
             (
-                word(s),
-                word(d),
+                u64::from(s) << 16 | u64::from(ports >> 16),
+                u64::from(d) << 16 | u64::from(ports & 0xffff),
                 p,
-                if frag_off == 0 { ip.get(ihl..) } else { None },
             )
         }
-        Some(6) => {
-            let (Some(s), Some(d), Some(&p)) = (ip.get(8..24), ip.get(24..40), ip.get(6)) else {
+        Some(v) if v >> 4 == 6 => {
+            let (Some(s), Some(d), Some(&p)) = (be128(ip, 8), be128(ip, 24), ip.get(6)) else {
                 return 0;
             };
-            (word(s), word(d), p, ip.get(40..))
+            let ports = match p {
+                6 | 17 => be32(ip, 40).unwrap_or(0),
+                _ => 0,
+            };
+            // 128 bits folded to 64 (a hash needs no more), the port in the low bits.
+            let fold = |x: u128, port: u32| (x as u64 ^ mix64((x >> 64) as u64)) ^ u64::from(port);
+            (fold(s, ports >> 16), fold(d, ports & 0xffff), p)
         }
         _ => return 0,
     };
-    let ports = match (proto, l4) {
-        (6 | 17, Some(l)) => (be16(l, 0).unwrap_or(0), be16(l, 2).unwrap_or(0)),
-        _ => (0, 0),
-    };
-    let a = (src, ports.0);
-    let z = (dst, ports.1);
     let (lo, hi) = if a <= z { (a, z) } else { (z, a) };
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = foldhash::fast::FixedState::with_seed(0x5eed).build_hasher();
-    h.write_u128(lo.0);
-    h.write_u128(hi.0);
-    h.write_u64(u64::from(lo.1) << 32 | u64::from(hi.1) << 8 | u64::from(proto));
-    h.finish()
+    mix64(lo.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ hi ^ u64::from(proto) << 56) | 1
+}
+
+/// Which of `n` workers a [`shard_hash`] goes to: the hash scaled to `0..n` by a multiply (a
+/// division costs several times more at a frame's rate), so its high bits choose.
+pub fn shard_of(hash: u64, n: usize) -> usize {
+    ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+/// A 64-bit finalizer (MurmurHash3's fmix64): every input bit moves every output bit.
+fn mix64(mut x: u64) -> u64 {
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ x >> 33
+}
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
+}
+
+fn be128(b: &[u8], at: usize) -> Option<u128> {
+    Some(u128::from_be_bytes(
+        b.get(at..at.checked_add(16)?)?.try_into().ok()?,
+    ))
 }
 
 #[cfg(test)]
@@ -664,6 +688,55 @@ mod shard_tests {
         assert_ne!(h, 0);
         assert_eq!(h, shard_hash(linktype::ETHERNET, &r));
         assert_eq!(shard_hash(linktype::ETHERNET, &f[..20]), 0);
+    }
+
+    /// An IPv6/UDP frame from `a`:`sp` to `z`:`dp` (Ethernet).
+    fn v6_udp(a: u8, sp: u16, z: u8, dp: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[14 + 6] = 17;
+        f[14 + 8] = 0xfd;
+        f[14 + 23] = a;
+        f[14 + 24] = 0xfd;
+        f[14 + 39] = z;
+        f[54..56].copy_from_slice(&sp.to_be_bytes());
+        f[56..58].copy_from_slice(&dp.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn ipv6_flows_shard_alike_both_ways_and_spread_over_workers() {
+        let h = shard_hash(linktype::ETHERNET, &v6_udp(1, 5683, 2, 40000));
+        assert_ne!(h, 0);
+        assert_eq!(
+            h,
+            shard_hash(linktype::ETHERNET, &v6_udp(2, 40000, 1, 5683))
+        );
+        // Another port or host is another flow.
+        assert_ne!(
+            h,
+            shard_hash(linktype::ETHERNET, &v6_udp(1, 5683, 2, 40001))
+        );
+        assert_ne!(
+            h,
+            shard_hash(linktype::ETHERNET, &v6_udp(1, 5683, 3, 40000))
+        );
+        // 4,000 flows that differ only in the client port spread evenly over 2 and 3 workers.
+        for n in [2usize, 3] {
+            let mut per = vec![0usize; n];
+            for p in 0..4000u16 {
+                let w = shard_of(
+                    shard_hash(linktype::ETHERNET, &v6_udp(1, 30000 + p, 2, 1883)),
+                    n,
+                );
+                per[w] += 1;
+            }
+            let even = 4000 / n;
+            assert!(per.iter().all(|&c| c.abs_diff(even) < even / 10), "{per:?}");
+        }
+        assert_eq!(shard_of(0, 2), 0);
+        assert_eq!(shard_of(u64::MAX, 2), 1);
     }
 }
 
