@@ -186,9 +186,11 @@ impl std::ops::Index<&str> for Evidence {
     }
 }
 
-/// Builds a suppression identifier (`a|b|c`) without `format!`: addresses are written by hand
-/// (std's `Display` for addresses is slow, and protocol findings are made at line rate). Only
-/// equality matters: the identifier is a key, never written as such.
+/// Builds a suppression identifier from its parts, each written as a tag and its raw bytes:
+/// addresses and numbers are not formatted (protocol findings are made at line rate, and most
+/// are then suppressed). Only equality matters: the identifier is a key, never written. Each
+/// part's length is fixed by its tag or written before it, so different parts never give the
+/// same identifier.
 #[derive(Default)]
 pub struct Ident(String);
 
@@ -197,65 +199,40 @@ impl Ident {
         Ident(String::with_capacity(48))
     }
 
-    fn sep(&mut self) {
-        if !self.0.is_empty() {
-            self.0.push('|');
-        }
+    /// Bytes as the chars of the same values (one to two UTF-8 bytes each).
+    fn raw(&mut self, b: &[u8]) {
+        self.0.extend(b.iter().map(|&x| char::from(x)));
     }
 
     pub fn ip(mut self, ip: std::net::IpAddr) -> Ident {
-        self.sep();
         match ip {
             std::net::IpAddr::V4(a) => {
-                for (i, o) in a.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.0.push('.');
-                    }
-                    push_u64(&mut self.0, u64::from(o));
-                }
+                self.0.push('4');
+                self.raw(&a.octets());
             }
             std::net::IpAddr::V6(a) => {
-                for (i, seg) in a.segments().into_iter().enumerate() {
-                    if i > 0 {
-                        self.0.push(':');
-                    }
-                    push_u64(&mut self.0, u64::from(seg));
-                }
+                self.0.push('6');
+                self.raw(&a.octets());
             }
         }
         self
     }
 
     pub fn num(mut self, n: u64) -> Ident {
-        self.sep();
-        push_u64(&mut self.0, n);
+        self.0.push('n');
+        self.raw(&n.to_le_bytes());
         self
     }
 
     pub fn text(mut self, t: &str) -> Ident {
-        self.sep();
+        self.0.push('t');
+        self.raw(&(t.len() as u32).to_le_bytes());
         self.0.push_str(t);
         self
     }
 
     pub fn done(self) -> String {
         self.0
-    }
-}
-
-fn push_u64(s: &mut String, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &b in &buf[i..] {
-        s.push(char::from(b));
     }
 }
 
@@ -316,16 +293,31 @@ mod tests {
     use super::Ident;
 
     #[test]
-    fn identifiers_write_addresses_and_numbers_by_hand() {
+    fn identifiers_are_equal_exactly_when_their_parts_are() {
         let v4: std::net::IpAddr = "198.18.0.10".parse().unwrap();
         let v6: std::net::IpAddr = "fd00::1:ff".parse().unwrap();
-        let a = Ident::new().ip(v4).num(1883).text("rejected").done();
-        assert_eq!(a, "198.18.0.10|1883|rejected");
+        let mapped: std::net::IpAddr = "::ffff:198.18.0.10".parse().unwrap();
+        let id = |f: &dyn Fn(Ident) -> Ident| f(Ident::new()).done();
         assert_eq!(
-            Ident::new().num(0).num(u64::MAX).done(),
-            "0|18446744073709551615"
+            id(&|i| i.ip(v4).num(1883).text("rejected")),
+            id(&|i| i.ip(v4).num(1883).text("rejected"))
         );
-        // IPv6 segments in decimal: one spelling per address, distinct from any IPv4 one.
-        assert_eq!(Ident::new().ip(v6).done(), "64768:0:0:0:0:0:1:255");
+        // Each pair differs in one part, or only in where one part ends and the next begins.
+        let pairs: [(String, String); 6] = [
+            (id(&|i| i.ip(v4).num(1883)), id(&|i| i.ip(v4).num(1884))),
+            (id(&|i| i.ip(v4)), id(&|i| i.ip(mapped))),
+            (id(&|i| i.ip(v6).num(0)), id(&|i| i.ip(v6).num(u64::MAX))),
+            (
+                id(&|i| i.text("ab").text("c")),
+                id(&|i| i.text("a").text("bc")),
+            ),
+            (id(&|i| i.text("t").text("")), id(&|i| i.text("").text("t"))),
+            (id(&|i| i.num(52).text("x")), id(&|i| i.text("4").num(0))),
+        ];
+        for (a, b) in &pairs {
+            assert_ne!(a, b);
+        }
+        // Addresses take their octets, numbers 8 bytes: 1 + 4 + 1 + 8 chars here.
+        assert_eq!(id(&|i| i.ip(v4).num(7)).chars().count(), 14);
     }
 }
