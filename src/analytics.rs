@@ -162,11 +162,12 @@ pub fn window_features(lf: LazyFrame) -> Result<FlowLogWindows, AnalyticsError> 
     let initiator = col("role").eq(lit("initiator"));
     let tcp_udp = col("proto").eq(lit("TCP")).or(col("proto").eq(lit("UDP")));
 
-    // The window of the first row is the first (partial) window; the last one is cut too.
+    // The earliest window is the first (partial) one; the last one is cut too. (Rows are not
+    // in window order: an ended flow's rows are written when it ends.)
     let bounds = lf
         .clone()
         .select([
-            col("window").first().alias("first"),
+            col("window").min().alias("first"),
             col("window").max().alias("last"),
             col("window_secs").first().alias("secs"),
             len().alias("rows"),

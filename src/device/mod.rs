@@ -204,7 +204,8 @@ struct WindowStats {
 /// Entries of the home-network membership cache.
 const HOME_CACHE: usize = 256;
 
-/// Rows of the flow log held per device and window; beyond it rows are counted, not kept.
+/// Rows of the flow log held per device and window (those of flows still open: an ended flow's
+/// rows go out at once); beyond it rows are counted, not kept.
 pub const MAX_FLOW_LOG_ROWS: usize = 65_536;
 
 /// One flow's part in one device's window, exactly as the window features counted it: the rows
@@ -692,6 +693,9 @@ impl Devices {
                         self.add(w, a, &r.meta, true, 10, &[1.0]);
                     }
                 }
+                if self.log_flows {
+                    self.flow_rows_done(&r.meta, out);
+                }
             }
             Emitted::Packet(p) => {
                 if let Net::Arp(arp) = p.net {
@@ -728,6 +732,24 @@ impl Devices {
 
     /// Closes every window that ended more than one window before `window` (late events of the
     /// previous window are still taken).
+    /// A flow's rows are complete once it has ended (its record is its last event): they go
+    /// out now, oldest window first, instead of when their windows close. The rows held are
+    /// then those of flows still open, which the flow table's cap bounds, not every flow of
+    /// the window.
+    fn flow_rows_done(&mut self, m: &FlowMeta, out: &mut Vec<DeviceOutput>) {
+        let (a, b) = self.ends(m);
+        for devices in self.windows.values_mut() {
+            for (id, initiator) in [(a, true), (b, false)] {
+                let Some(s) = id.and_then(|id| devices.get_mut(&id)) else {
+                    continue;
+                };
+                if let Some(r) = s.flows.remove(&(m.id.0, initiator)) {
+                    out.push(DeviceOutput::FlowWindow(Box::new(r)));
+                }
+            }
+        }
+    }
+
     fn close_before(&mut self, window: Timestamp, out: &mut Vec<DeviceOutput>) {
         let w = self.cfg.window_secs.max(1);
         let limit = Timestamp(window.0.saturating_sub(w * 1_000_000_000));
