@@ -30,6 +30,10 @@ const PREFETCH_AHEAD: usize = 4;
 
 /// Frames per batch sent to a worker.
 const BATCH: usize = 512;
+/// Pieces a worker keeps for reuse, and the events a reused piece keeps room for (a batch of
+/// frames gives about one event per frame).
+const SPARES: usize = 16;
+const SPARE_EVENTS: usize = 2 * BATCH;
 /// A batch of copied frames (a stream, live capture) goes as soon as its copies reach this many
 /// bytes, so that queued batches hold at most `BATCH_QUEUE` MiB of frames per worker, whatever
 /// the frame size (up to 64 KiB on a bridge).
@@ -126,6 +130,10 @@ impl Piece {
             Ok(mut p) => {
                 p.events.clear();
                 p.keys.clear();
+                // A piece that carried a tick's many expiries goes back to a frame batch's size:
+                // spares kept at their largest would hold a drain's worth each.
+                p.events.shrink_to(SPARE_EVENTS);
+                p.keys.shrink_to(SPARE_EVENTS);
                 p
             }
             Err(_) => Piece {
@@ -576,7 +584,7 @@ pub fn run_parallel(
         receivers.push(rx);
     }
     let (recycle_tx, recycled) = bounded::<Batch>((BATCH_QUEUE + 2) * n);
-    let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(64)).unzip();
+    let (spare_tx, spare_rx): (Vec<_>, Vec<_>) = (0..n).map(|_| bounded::<Piece>(SPARES)).unzip();
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
     let read: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
