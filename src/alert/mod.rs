@@ -285,7 +285,7 @@ impl Head<'_> {
             ("dest_ip", "dest_port", self.dst),
         ] {
             if let Some(e) = e {
-                m.serialize_entry(ip, &Shown(e.ip))?;
+                m.serialize_entry(ip, &IpOut(e.ip))?;
                 if ported && e.port != 0 {
                     m.serialize_entry(port, &e.port)?;
                 }
@@ -295,6 +295,19 @@ impl Head<'_> {
             m.serialize_entry("proto", &proto_name(self.proto))?;
         }
         Ok(())
+    }
+}
+
+/// An IP address written as a string: IPv4 by hand, straight into the output (no formatting
+/// machinery); IPv6 in std's canonical form.
+struct IpOut(std::net::IpAddr);
+
+impl Serialize for IpOut {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            std::net::IpAddr::V4(a) => s.serialize_str(crate::decode::ipv4_text(a, &mut [0; 15])),
+            std::net::IpAddr::V6(a) => s.collect_str(&a),
+        }
     }
 }
 
@@ -430,14 +443,14 @@ impl Serialize for FlowWindowOut<'_> {
         e.serialize_entry("window", &r.window.secs())?;
         e.serialize_entry("window_secs", &self.window_secs)?;
         e.serialize_entry("device", &Shown(r.device))?;
-        e.serialize_entry("device_ip", &Shown(r.device_ip))?;
+        e.serialize_entry("device_ip", &IpOut(r.device_ip))?;
         let role = if r.initiator {
             "initiator"
         } else {
             "responder"
         };
         e.serialize_entry("role", role)?;
-        e.serialize_entry("peer_ip", &Shown(r.peer_ip))?;
+        e.serialize_entry("peer_ip", &IpOut(r.peer_ip))?;
         e.serialize_entry("peer_device", &r.peer_device.map(Shown))?;
         e.serialize_entry("proto", &proto_name(r.proto))?;
         e.serialize_entry("dest_port", &r.dest_port)?;
@@ -465,7 +478,7 @@ impl Serialize for DeviceOut<'_> {
         e.serialize_entry("timestamp", &Shown(d.first_seen.rfc3339()))?;
         e.serialize_entry("event_type", "device")?;
         if let Some(ip) = d.ips.items.iter().next() {
-            e.serialize_entry("src_ip", &Shown(ip))?;
+            e.serialize_entry("src_ip", &IpOut(*ip))?;
         }
         e.serialize_entry("device", &DevicePart(d))?;
         e.end()

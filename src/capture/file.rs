@@ -363,9 +363,16 @@ impl State {
 
 fn pcapng_ts(iface: &Iface, raw: u64) -> Timestamp {
     let ups = iface.units_per_sec;
-    let secs = raw / ups;
-    let frac = raw % ups;
-    let nanos = (u128::from(frac) * 1_000_000_000 / u128::from(ups)) as u32;
+    // The usual resolutions (microseconds, the default, and nanoseconds) divide by constants
+    // (multiplies); any other takes the general division.
+    let (secs, nanos) = match ups {
+        1_000_000 => (raw / 1_000_000, (raw % 1_000_000) as u32 * 1_000),
+        1_000_000_000 => (raw / 1_000_000_000, (raw % 1_000_000_000) as u32),
+        _ => (
+            raw / ups,
+            (u128::from(raw % ups) * 1_000_000_000 / u128::from(ups)) as u32,
+        ),
+    };
     let secs = (secs as i64).saturating_add(iface.offset_secs).max(0) as u64;
     Timestamp::from_secs_nanos(secs, nanos)
 }
@@ -752,6 +759,42 @@ pub fn open_all(paths: &[PathBuf]) -> Result<Vec<CaptureFile>, CaptureError> {
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pcapng_timestamps_at_every_resolution() {
+        let at = |units_per_sec: u64, raw: u64| {
+            let iface = Iface {
+                link: 1,
+                snaplen: 0,
+                units_per_sec,
+                offset_secs: 0,
+            };
+            pcapng_ts(&iface, raw)
+        };
+        // 1,764,000,000.123456789 s in each resolution.
+        assert_eq!(
+            at(1_000_000, 1_764_000_000_123_456),
+            Timestamp::from_secs_nanos(1_764_000_000, 123_456_000)
+        );
+        assert_eq!(
+            at(1_000_000_000, 1_764_000_000_123_456_789),
+            Timestamp::from_secs_nanos(1_764_000_000, 123_456_789)
+        );
+        assert_eq!(
+            at(1_000, 1_764_000_000_123),
+            Timestamp::from_secs_nanos(1_764_000_000, 123_000_000)
+        );
+        // Binary: 2^20 units per second, half a second.
+        assert_eq!(
+            at(1 << 20, (1_764_000_000 << 20) | (1 << 19)),
+            Timestamp::from_secs_nanos(1_764_000_000, 500_000_000)
+        );
+        // The largest raw value: no overflow (the nanosecond clock saturates).
+        assert_eq!(
+            at(1_000_000, u64::MAX),
+            Timestamp::from_secs_nanos(u64::MAX / 1_000_000, 551_615_000)
+        );
+    }
 
     /// Resident bytes of the mapping that starts at `addr` (its line in /proc/self/smaps).
     fn resident(addr: usize) -> u64 {

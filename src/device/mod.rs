@@ -63,7 +63,7 @@ impl std::fmt::Display for DeviceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeviceId::Mac(m) => write!(f, "{}", MacText(*m)),
-            DeviceId::Ip(ip) => write!(f, "{ip}"),
+            DeviceId::Ip(ip) => write!(f, "{}", crate::decode::IpText(*ip)),
         }
     }
 }
@@ -199,6 +199,28 @@ struct WindowStats {
     ports: HashSet<u16>,
     /// Each flow's part (flow id, device is the initiator), when the flow log is on.
     flows: HashMap<(u64, bool), FlowWindow>,
+}
+
+/// Writes `proto/port` (`tcp/1883`) into `key`, replacing what it held, without the
+/// formatting machinery (a service is noted at every flow start).
+fn service_key(key: &mut String, proto: &str, port: u16) {
+    key.clear();
+    key.push_str(proto);
+    key.push('/');
+    let mut digits = [0u8; 5];
+    let mut n = port;
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        key.push(char::from(d));
+    }
 }
 
 /// Entries of the home-network membership cache.
@@ -565,9 +587,7 @@ impl Devices {
                     if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out)
                     {
                         if m.proto == 6 || m.proto == 17 {
-                            use std::fmt::Write as _;
-                            key.clear();
-                            let _ = write!(key, "{proto}/{}", m.responder.port);
+                            service_key(&mut key, proto, m.responder.port);
                             p.services_used.insert_str(&key, SMALL_CAP);
                         }
                     }
@@ -718,20 +738,18 @@ impl Devices {
         ts: Timestamp,
         out: &mut Vec<DeviceOutput>,
     ) {
-        use std::fmt::Write as _;
         let proto = if meta.proto == 6 { "tcp" } else { "udp" };
         let mut key = std::mem::take(&mut self.scratch);
         if let Some(p) = self.profile(b, meta.responder.ip, meta.responder_mac, ts, out) {
-            key.clear();
-            let _ = write!(key, "{proto}/{} {}", meta.responder.port, app.as_str());
+            service_key(&mut key, proto, meta.responder.port);
+            key.push(' ');
+            key.push_str(app.as_str());
             p.services_offered.insert_str(&key, SMALL_CAP);
             p.protocols.insert_str(app.as_str(), SMALL_CAP);
         }
         self.scratch = key;
     }
 
-    /// Closes every window that ended more than one window before `window` (late events of the
-    /// previous window are still taken).
     /// A flow's rows are complete once it has ended (its record is its last event): they go
     /// out now, oldest window first, instead of when their windows close. The rows held are
     /// then those of flows still open, which the flow table's cap bounds, not every flow of
@@ -750,6 +768,8 @@ impl Devices {
         }
     }
 
+    /// Closes every window that ended more than one window before `window` (late events of the
+    /// previous window are still taken).
     fn close_before(&mut self, window: Timestamp, out: &mut Vec<DeviceOutput>) {
         let w = self.cfg.window_secs.max(1);
         let limit = Timestamp(window.0.saturating_sub(w * 1_000_000_000));
@@ -836,5 +856,25 @@ impl Devices {
 
     pub fn get(&self, id: &DeviceId) -> Option<&DeviceProfile> {
         self.profiles.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_key;
+
+    #[test]
+    fn service_keys_are_written_by_hand_as_proto_slash_port() {
+        let mut key = String::from("left over");
+        for (proto, port, want) in [
+            ("tcp", 1883, "tcp/1883"),
+            ("udp", 0, "udp/0"),
+            ("udp", 7, "udp/7"),
+            ("tcp", 65535, "tcp/65535"),
+        ] {
+            service_key(&mut key, proto, port);
+            assert_eq!(key, want);
+            assert_eq!(key, format!("{proto}/{port}"));
+        }
     }
 }
