@@ -478,13 +478,17 @@ impl LateralDetector {
             return;
         }
         let service = self.service(m);
-        let zf = self.st.zone_of(s).map(str::to_string);
-        let zt = self.st.zone_of(d).map(str::to_string);
-        let covered =
-            !self.st.segmentation.is_empty() && matches!((&zf, &zt), (Some(a), Some(b)) if a != b);
+        // Zones only matter to a segmentation policy (looked up only when there is one).
+        let zones = if self.st.segmentation.is_empty() {
+            None
+        } else {
+            match (self.st.zone_of(s), self.st.zone_of(d)) {
+                (Some(a), Some(b)) if a != b => Some((a, b)),
+                _ => None,
+            }
+        };
         let mut denied = false;
-        if covered {
-            let (a, b) = (zf.as_deref().unwrap_or(""), zt.as_deref().unwrap_or(""));
+        if let Some((a, b)) = zones {
             if self.st.segmentation_allows(a, b, m.proto, rp) {
                 return; // the policy decides, and allows
             }
@@ -499,12 +503,14 @@ impl LateralDetector {
         if !self.lateral_on {
             return;
         }
-        let internal = self.st.is_home(s) && self.st.is_home(d);
         let open_pair = self.pairs.contains_key(&(s, d));
         // Admin ports, the rest of an open episode, and first contacts (DCE/RPC on a dynamic
-        // port is recognised by content).
-        let track =
-            denied || (internal && m.proto == 6 && (service.is_some() || open_pair || !talked));
+        // port is recognised by content), between two home addresses.
+        let track = denied
+            || (m.proto == 6
+                && (service.is_some() || open_pair || !talked)
+                && self.st.is_home(s)
+                && self.st.is_home(d));
         if !track {
             return;
         }
