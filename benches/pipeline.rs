@@ -11,7 +11,7 @@ use tapwatch::app::{Emitted, OutputOptions, ReplayOptions, Worker};
 use tapwatch::capture::file::{CaptureFile, Next};
 use tapwatch::decode::{self, Decoded, Decoder};
 use tapwatch::detect::learned::Model;
-use tapwatch::detect::Detectors;
+use tapwatch::detect::{Detectors, Ungated};
 use tapwatch::flow::{
     Direction, FlowConfig, FlowEvent, FlowMeta, FlowTable, NoPayload, StreamHandler,
 };
@@ -96,13 +96,13 @@ fn bench(c: &mut Criterion) {
                     }
                     w.frame(&raw(f), &mut out);
                     for e in out.drain(..) {
-                        det.on_event(&e, &mut findings);
+                        det.on_event(&e, &mut Ungated, &mut findings);
                     }
                     findings.clear();
                 }
                 w.finish(&mut out);
                 for e in out.drain(..) {
-                    det.on_event(&e, &mut findings);
+                    det.on_event(&e, &mut Ungated, &mut findings);
                 }
                 det.finish(&mut findings);
                 black_box(findings.len())
@@ -227,7 +227,7 @@ fn detectors_and_model(c: &mut Criterion) {
                 let mut det = Detectors::new(&settings, &rules).expect("detectors");
                 let mut findings = Vec::new();
                 for e in &events {
-                    det.on_event(e, &mut findings);
+                    det.on_event(e, &mut Ungated, &mut findings);
                 }
                 det.finish(&mut findings);
                 black_box(findings.len())

@@ -9,7 +9,7 @@ use crate::app::Emitted;
 use crate::detect::baseline::BaselineDetector;
 use crate::detect::learned::{self, Calibration, Model, Provenance, ScorerKind};
 use crate::detect::rules::{RuleError, RuleSet};
-use crate::detect::{Detectors, Finding};
+use crate::detect::{Detectors, Finding, Gate};
 use crate::device::baseline::{Baselines, Learner};
 use crate::device::{DeviceOutput, DeviceProfile, Devices};
 use crate::settings::Settings;
@@ -80,14 +80,16 @@ impl Analysis {
         })
     }
 
-    /// One worker event: devices, then detectors.
+    /// One worker event: detectors (asking the alert stage's `gate` ahead of findings that
+    /// are mostly repeats), then devices.
     pub fn on_event(
         &mut self,
         ev: &Emitted,
+        gate: &mut dyn Gate,
         findings: &mut Vec<Finding>,
         new_devices: &mut Vec<DeviceProfile>,
     ) {
-        self.detectors.on_event(ev, findings);
+        self.detectors.on_event(ev, gate, findings);
         self.devices.on_event(ev, &mut self.dev_out);
         self.drain_devices(findings, new_devices);
     }

@@ -344,8 +344,12 @@ impl Back {
 
     /// One worker event: analysis, then alerts and the events to write.
     pub fn consume(&mut self, e: &Emitted) {
-        self.analysis
-            .on_event(e, &mut self.findings, &mut self.new_devices);
+        self.analysis.on_event(
+            e,
+            &mut self.alerter,
+            &mut self.findings,
+            &mut self.new_devices,
+        );
         if let Emitted::Flow(r) = e {
             if self.emit_flows {
                 self.writer.write(&flow_event(r));

@@ -7,7 +7,7 @@
 pub mod suppress;
 
 use crate::detect::rules::RuleSet;
-use crate::detect::{Finding, Kind};
+use crate::detect::{Admission, Finding, Gate, Kind};
 use crate::flow::{Direction, FlowRecord};
 use crate::time::Timestamp;
 use serde::ser::{SerializeMap, Serializer};
@@ -550,13 +550,19 @@ impl Alerter {
             self.counters.no_rule += 1;
             return None;
         };
-        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
-        let suppressed_before = match self
-            .suppressor
-            .decide(rule.sid, &f.identifier, f.ts, window)
-        {
-            Decision::Suppress => return None,
-            Decision::Write { suppressed_before } => suppressed_before,
+        let suppressed_before = match f.admission {
+            // Decided when the detector asked (see `Gate`).
+            Admission::Write { suppressed_before } => suppressed_before,
+            Admission::Undecided => {
+                let window = rule.suppress_secs.unwrap_or(self.default_suppress);
+                match self
+                    .suppressor
+                    .decide(rule.sid, &f.identifier, f.ts, window)
+                {
+                    Decision::Suppress => return None,
+                    Decision::Write { suppressed_before } => suppressed_before,
+                }
+            }
         };
         self.counters.written += 1;
         if let Some(c) = self.counters.by_kind.get_mut(f.kind.index()) {
@@ -567,6 +573,28 @@ impl Alerter {
             rule,
             suppressed_before,
         })
+    }
+}
+
+/// The alert stage's decision asked for ahead of a finding: the same rule lookup and
+/// suppression as [`Alerter::alert`], counted the same way.
+impl Gate for Alerter {
+    fn admit(
+        &mut self,
+        kind: Kind,
+        variant: &'static str,
+        identifier: &str,
+        ts: Timestamp,
+    ) -> Option<Admission> {
+        let Some(rule) = self.rules.enabled(kind, variant) else {
+            self.counters.no_rule += 1;
+            return None;
+        };
+        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
+        match self.suppressor.decide(rule.sid, identifier, ts, window) {
+            Decision::Suppress => None,
+            Decision::Write { suppressed_before } => Some(Admission::Write { suppressed_before }),
+        }
     }
 }
 
@@ -680,6 +708,7 @@ mod tests {
             app_proto: Some("mqtt"),
             identifier: "198.18.0.7|198.18.0.2".into(),
             evidence: Default::default(),
+            admission: Admission::Undecided,
         }
         .with("client_id", "dev-1")
         .with("topics", json!(["a/b"]))
@@ -715,5 +744,37 @@ mod tests {
         );
         assert_eq!(ev["suppressed_since_last"], 2);
         assert_eq!(a.counters.written, 2);
+    }
+
+    /// Asking ahead (a detector's `Gate`) takes the same decisions as the finding reaching the
+    /// alert stage undecided: the same lines, the same counts, and no finding to build for a
+    /// suppressed repeat or a kind without a rule.
+    #[test]
+    fn a_gated_finding_is_decided_once_as_an_undecided_one_is() {
+        let (mut gated, mut plain) = (Alerter::new(rules(), 600), Alerter::new(rules(), 600));
+        let mut lines = (Vec::new(), Vec::new());
+        for secs in [1_000, 1_030, 1_059, 1_061, 1_062, 1_200] {
+            let f = finding(secs);
+            let ts = f.ts;
+            if let Some(admission) = gated.admit(f.kind, f.variant, &f.identifier, ts) {
+                let f = Finding {
+                    admission,
+                    ..f.clone()
+                };
+                lines
+                    .0
+                    .push(line(&mut gated, &f).expect("admitted, so written"));
+            }
+            lines.1.extend(line(&mut plain, &f));
+        }
+        assert_eq!(lines.0.len(), 3);
+        assert_eq!(lines.0, lines.1);
+        assert_eq!(gated.suppressed(), 3);
+        assert_eq!(gated.suppressed(), plain.suppressed());
+        assert_eq!(gated.counters.written, plain.counters.written);
+        // No rule for the kind: dropped and counted, as `alert` counts it.
+        let ts = Timestamp::from_secs(1_300);
+        assert_eq!(gated.admit(Kind::WeakTls, "", "x", ts), None);
+        assert_eq!(gated.counters.no_rule, 1);
     }
 }

@@ -115,6 +115,7 @@ impl BaselineDetector {
             app_proto: None,
             identifier: String::new(),
             evidence: super::Evidence::default(),
+            admission: super::Admission::Undecided,
         }
         .with("device", w.device.to_string())
         .with("window_start", w.window.rfc3339().to_string())

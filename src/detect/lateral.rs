@@ -672,6 +672,7 @@ impl LateralDetector {
             app_proto: None,
             identifier: format!("{s}|{d}|lateral"),
             evidence: Default::default(),
+            admission: Default::default(),
         }
         .with("service", main.clone())
         .with("services", list(&p.services))

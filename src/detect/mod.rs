@@ -2,7 +2,9 @@
 //!
 //! Owns: the compiled rule set and the detectors' state. Hands on: `Finding` — what was seen, by
 //! which rule, with the evidence that explains it. Detectors decide; they neither suppress nor
-//! write (that is the alert stage's job).
+//! write (that is the alert stage's job). Where findings are mostly repeats (logins, plaintext
+//! sessions), a detector asks the alert stage for its decision first ([`Gate`]) and builds the
+//! evidence only of findings that will be written.
 
 pub mod baseline;
 pub mod lateral;
@@ -116,6 +118,46 @@ pub struct Finding {
     pub identifier: String,
     /// The evidence that explains the finding (written as the alert's `evidence` object).
     pub evidence: Evidence,
+    /// Whether the alert stage has already taken its decision on it (see [`Gate`]).
+    pub admission: Admission,
+}
+
+/// The alert stage's decision on a finding, when a detector asked for it before building the
+/// finding's evidence (see [`Gate`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// Not asked: the alert stage decides when the finding reaches it.
+    #[default]
+    Undecided,
+    /// To be written; `suppressed_before` repeats of it were suppressed since the last alert.
+    Write { suppressed_before: u64 },
+}
+
+/// What a detector asks the alert stage before it builds a finding that is often a repeat
+/// (one per login or plaintext session, most of them suppressed): the alert stage takes its
+/// decision now, as it would on the finding (suppressed repeats are counted, a missing rule
+/// too), and the detector builds the evidence only for a finding that will be written. Policy
+/// stays in the alert stage; the detector reports whatever the answer.
+pub trait Gate {
+    /// `None`: dropped (and counted) by the alert stage. `Some(a)`: to be reported, carrying
+    /// `a` in [`Finding::admission`] so that the decision is not taken twice.
+    fn admit(
+        &mut self,
+        kind: Kind,
+        variant: &'static str,
+        identifier: &str,
+        ts: Timestamp,
+    ) -> Option<Admission>;
+}
+
+/// A gate that lets every finding through undecided (the detectors on their own: tests,
+/// benches).
+pub struct Ungated;
+
+impl Gate for Ungated {
+    fn admit(&mut self, _: Kind, _: &'static str, _: &str, _: Timestamp) -> Option<Admission> {
+        Some(Admission::Undecided)
+    }
 }
 
 impl Finding {
@@ -138,6 +180,7 @@ impl Finding {
             app_proto,
             identifier: String::new(),
             evidence: Evidence::with_capacity(8),
+            admission: Admission::Undecided,
         }
     }
 
@@ -258,8 +301,8 @@ impl Detectors {
         })
     }
 
-    /// One event from a worker.
-    pub fn on_event(&mut self, ev: &Emitted, out: &mut Vec<Finding>) {
+    /// One event from a worker; `gate` is the alert stage's (see [`Gate`]).
+    pub fn on_event(&mut self, ev: &Emitted, gate: &mut dyn Gate, out: &mut Vec<Finding>) {
         match ev {
             Emitted::App {
                 meta,
@@ -272,7 +315,7 @@ impl Detectors {
                 ts,
                 dir,
                 event,
-            } => self.protocol.on_app(meta, *ts, *dir, event, out),
+            } => self.protocol.on_app(meta, *ts, *dir, event, gate, out),
             Emitted::Flow(r) => self.protocol.on_flow_end(r, out),
             Emitted::Started(_) | Emitted::Packet(_) | Emitted::Activity { .. } => {}
         }

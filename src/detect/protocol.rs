@@ -4,7 +4,7 @@
 //! The analyzers in `proto/` describe what was said; this module decides what is worth an alert.
 
 use super::rules::{Rule, RuleError, RuleSet};
-use super::{Finding, Ident, Kind};
+use super::{Finding, Gate, Ident, Kind};
 use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{AppProto, Outcome, ProtoEvent};
@@ -387,6 +387,7 @@ impl ProtocolDetector {
         ts: Timestamp,
         dir: Direction,
         ev: &ProtoEvent,
+        gate: &mut dyn Gate,
         out: &mut Vec<Finding>,
     ) {
         self.sweep(ts, out);
@@ -395,7 +396,7 @@ impl ProtocolDetector {
                 let f = self.facts(meta.id);
                 f.app = Some(*app);
                 if matches!(app, AppProto::Mqtt | AppProto::MqttWs | AppProto::Telnet) {
-                    self.plaintext(meta, ts, *app, out);
+                    self.plaintext(meta, ts, *app, gate, out);
                 }
             }
             ProtoEvent::HttpRequest {
@@ -406,7 +407,7 @@ impl ProtocolDetector {
                 websocket_mqtt,
                 ..
             } => {
-                let mut f = self.plaintext_finding(meta, ts, AppProto::Http);
+                let mut f = self.plaintext_finding(meta, ts, AppProto::Http, gate);
                 if let Some(f) = f.as_mut() {
                     f.evidence.insert("http_method", method.clone().into());
                     f.evidence.insert("url", uri.clone().into());
@@ -425,7 +426,7 @@ impl ProtocolDetector {
             ProtoEvent::FtpCommand { verb, .. } => {
                 let v = verb.to_ascii_uppercase();
                 if v != "AUTH" && v != "FEAT" && !self.facts(meta.id).encrypted {
-                    self.plaintext(meta, ts, AppProto::Ftp, out);
+                    self.plaintext(meta, ts, AppProto::Ftp, gate, out);
                 }
             }
             ProtoEvent::StartTls { .. } => self.facts(meta.id).encrypted = true,
@@ -453,6 +454,7 @@ impl ProtocolDetector {
                     password.as_deref(),
                     method,
                     *outcome,
+                    gate,
                     out,
                 );
             }
@@ -525,6 +527,7 @@ impl ProtocolDetector {
         meta: &FlowMeta,
         ts: Timestamp,
         app: AppProto,
+        gate: &mut dyn Gate,
     ) -> Option<Finding> {
         let f = self.facts(meta.id);
         if f.plaintext_done || f.encrypted {
@@ -538,20 +541,30 @@ impl ProtocolDetector {
             AppProto::Ftp => Kind::PlaintextFtp,
             _ => return None,
         };
-        let mut finding = Finding::for_flow(ts, kind, meta, Some(app.as_str()))
-            .with("app_proto", app.as_str())
-            .with("server_port", meta.responder.port);
         // One alert per device and service within the rule's window; the rest are counted.
-        finding.identifier = Ident::new()
+        let identifier = Ident::new()
             .ip(meta.initiator.ip)
             .ip(meta.responder.ip)
             .num(meta.responder.port.into())
             .done();
+        let admission = gate.admit(kind, "", &identifier, ts)?;
+        let mut finding = Finding::for_flow(ts, kind, meta, Some(app.as_str()))
+            .with("app_proto", app.as_str())
+            .with("server_port", meta.responder.port);
+        finding.identifier = identifier;
+        finding.admission = admission;
         Some(finding)
     }
 
-    fn plaintext(&mut self, meta: &FlowMeta, ts: Timestamp, app: AppProto, out: &mut Vec<Finding>) {
-        out.extend(self.plaintext_finding(meta, ts, app));
+    fn plaintext(
+        &mut self,
+        meta: &FlowMeta,
+        ts: Timestamp,
+        app: AppProto,
+        gate: &mut dyn Gate,
+        out: &mut Vec<Finding>,
+    ) {
+        out.extend(self.plaintext_finding(meta, ts, app, gate));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -564,34 +577,48 @@ impl ProtocolDetector {
         password: Option<&[u8]>,
         method: &str,
         outcome: Outcome,
+        gate: &mut dyn Gate,
         out: &mut Vec<Finding>,
     ) {
         let app_s = app.as_str();
         if let Some(pw) = password {
-            let mut f = Finding::for_flow(ts, Kind::CleartextCredentials, meta, Some(app_s))
-                .with("username", username)
-                .with("password", self.secret(pw))
-                .with("password_length", pw.len())
-                .with("method", method)
-                .with("outcome", outcome.as_str());
             // Accepted logins are told apart by user; failed ones are summarised per service
             // (a brute force is one alert of its own, not one per guess).
             let id = Ident::new()
                 .ip(meta.initiator.ip)
                 .ip(meta.responder.ip)
                 .num(meta.responder.port.into());
-            f.identifier = match outcome {
+            let identifier = match outcome {
                 Outcome::Accepted => id.text(username).text("accepted").done(),
                 _ => id.text(outcome.as_str()).done(),
             };
+            let clear = gate.admit(Kind::CleartextCredentials, "", &identifier, ts);
             // The same evidence, for a pair that is a known default credential.
-            let default = self.defaults.contains(&CredRef(username, pw)).then(|| {
-                let mut d = f.clone().with("lists", self.default_lists.clone());
-                d.kind = Kind::DefaultCredentials;
-                d
-            });
-            out.push(f);
-            out.extend(default);
+            let default = if self.defaults.contains(&CredRef(username, pw)) {
+                gate.admit(Kind::DefaultCredentials, "", &identifier, ts)
+            } else {
+                None
+            };
+            if clear.is_some() || default.is_some() {
+                let mut f = Finding::for_flow(ts, Kind::CleartextCredentials, meta, Some(app_s))
+                    .with("username", username)
+                    .with("password", self.secret(pw))
+                    .with("password_length", pw.len())
+                    .with("method", method)
+                    .with("outcome", outcome.as_str());
+                f.identifier = identifier;
+                let default = default.map(|admission| {
+                    let mut d = f.clone().with("lists", self.default_lists.clone());
+                    d.kind = Kind::DefaultCredentials;
+                    d.admission = admission;
+                    d
+                });
+                if let Some(admission) = clear {
+                    f.admission = admission;
+                    out.push(f);
+                }
+                out.extend(default);
+            }
         }
         // Brute force: failures per source and service.
         let key = (meta.initiator.ip, meta.responder.ip, meta.responder.port);
@@ -872,6 +899,7 @@ fn tls_version_name(v: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::Ungated;
 
     #[test]
     fn masks_keep_first_last_and_length() {
@@ -890,6 +918,72 @@ mod tests {
         assert!(!topic_matches("#", "$SYS/broker"));
         assert!(filter_covered("site/a/#", "site/a/+/x"));
         assert!(!filter_covered("site/a/+", "site/a/#"));
+    }
+
+    /// Mirai's root/xc3511 on Telnet, the same client and server each time, in flow `n`.
+    fn login_in_flow(n: u64) -> (FlowMeta, ProtoEvent) {
+        let ip = |s: &str| s.parse().unwrap();
+        let meta = FlowMeta {
+            id: crate::flow::FlowId(n),
+            initiator: crate::flow::Endpoint {
+                ip: ip("198.18.0.66"),
+                port: 40_000 + n as u16,
+            },
+            responder: crate::flow::Endpoint {
+                ip: ip("198.18.0.5"),
+                port: 23,
+            },
+            proto: 6,
+            vlan: Default::default(),
+            vni: None,
+            first: Timestamp::from_secs(1_000 + n),
+            initiator_mac: None,
+            responder_mac: None,
+            local: FlowMeta::local_bits(true, true),
+        };
+        let ev = ProtoEvent::Login {
+            app: AppProto::Telnet,
+            username: "root".into(),
+            password: Some(b"xc3511".to_vec()),
+            method: "telnet",
+            outcome: Outcome::Accepted,
+        };
+        (meta, ev)
+    }
+
+    /// Behind the alert stage's gate, repeats that it suppresses are not built at all; without
+    /// a gate every login gives its findings, and the alert stage writes the same alerts.
+    #[test]
+    fn suppressed_repeats_of_a_login_are_not_built_behind_the_gate() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut gated = ProtocolDetector::new(&rs, false).unwrap();
+        let mut plain = ProtocolDetector::new(&rs, false).unwrap();
+        let mut alerter = crate::alert::Alerter::new(RuleSet::embedded().unwrap(), 600);
+        let mut other = crate::alert::Alerter::new(RuleSet::embedded().unwrap(), 600);
+        let (mut built, mut all) = (Vec::new(), Vec::new());
+        for n in 0..5 {
+            let (meta, ev) = login_in_flow(n);
+            let ts = meta.first;
+            gated.on_app(&meta, ts, Direction::Forward, &ev, &mut alerter, &mut built);
+            plain.on_app(&meta, ts, Direction::Forward, &ev, &mut Ungated, &mut all);
+        }
+        // Cleartext and default credentials: one of each built, against five of each.
+        let kinds = |v: &[Finding]| v.iter().map(|f| f.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&built),
+            [Kind::CleartextCredentials, Kind::DefaultCredentials]
+        );
+        assert_eq!(all.len(), 10);
+        // The built ones carry their evidence (masked) and are written as they are.
+        assert_eq!(built[0].evidence["password"], "x****1");
+        let written = |a: &mut crate::alert::Alerter, v: &[Finding]| {
+            v.iter()
+                .filter_map(|f| a.alert(f).map(|l| serde_json::to_string(&l).unwrap()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(written(&mut alerter, &built), written(&mut other, &all));
+        assert_eq!(alerter.suppressed(), 8);
+        assert_eq!(alerter.suppressed(), other.suppressed());
     }
 
     #[test]

@@ -883,6 +883,7 @@ impl ScanDetector {
             app_proto: None,
             identifier: identifier(src, s),
             evidence: super::Evidence::default(),
+            admission: super::Admission::Undecided,
         }
         .with("targets", s.targets.len())
         .with("targets_by_protocol", by_class)
