@@ -95,6 +95,10 @@ impl Analysis {
     }
 
     fn drain_devices(&mut self, findings: &mut Vec<Finding>, new_devices: &mut Vec<DeviceProfile>) {
+        // Most events give the device stage nothing to hand on.
+        if self.dev_out.is_empty() {
+            return;
+        }
         let mut outs = std::mem::take(&mut self.dev_out);
         for o in outs.drain(..) {
             match o {

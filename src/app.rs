@@ -359,6 +359,13 @@ impl Back {
     }
 
     fn write_findings(&mut self) {
+        // Most events bring nothing to write: no drain to set up and tear down then.
+        if self.new_devices.is_empty()
+            && self.findings.is_empty()
+            && self.analysis.flow_windows.is_empty()
+        {
+            return;
+        }
         for d in self.new_devices.drain(..) {
             self.writer.write(&crate::alert::device_event(&d));
         }
