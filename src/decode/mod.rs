@@ -12,7 +12,7 @@ pub mod summary;
 pub use summary::*;
 
 use crate::capture::{linktype, RawFrame};
-use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+use etherparse::{LaxIpSlice, TransportSlice};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// UDP port of VXLAN (RFC 7348).
@@ -341,8 +341,11 @@ impl Decoder {
     }
 
     fn ip(&mut self, frame: &RawFrame<'_>, mut p: PacketSummary, b: &[u8], depth: u8) -> Decoded {
-        let sp = match LaxSlicedPacket::from_ip(b) {
-            Ok(sp) => sp,
+        // The IP layer, then the transport header as etherparse's lax slicer reads it (nothing
+        // after an extension-header error or in a fragment), without building the whole sliced
+        // packet for every frame.
+        let (ip, ext_err) = match LaxIpSlice::from_slice(b) {
+            Ok(ip) => ip,
             Err(e) => {
                 use etherparse::err::ip::LaxHeaderSliceError as E;
                 return match e {
@@ -351,8 +354,8 @@ impl Decoder {
                 };
             }
         };
-        let (src, dst, ttl, payload) = match &sp.net {
-            Some(LaxNetSlice::Ipv4(v4)) => {
+        let (src, dst, ttl, payload) = match &ip {
+            LaxIpSlice::Ipv4(v4) => {
                 let h = v4.header();
                 (
                     IpAddr::V4(h.source_addr()),
@@ -361,7 +364,7 @@ impl Decoder {
                     v4.payload(),
                 )
             }
-            Some(LaxNetSlice::Ipv6(v6)) => {
+            LaxIpSlice::Ipv6(v6) => {
                 let h = v6.header();
                 (
                     IpAddr::V6(h.source_addr()),
@@ -370,33 +373,49 @@ impl Decoder {
                     v6.payload(),
                 )
             }
-            _ => return self.counters.skip(SkipReason::TruncatedIp),
         };
         let ip_payload_wire_len = if payload.incomplete {
             // Length from the IP header where it is known.
-            match &sp.net {
-                Some(LaxNetSlice::Ipv4(v4)) => {
+            match &ip {
+                LaxIpSlice::Ipv4(v4) => {
                     let h = v4.header();
                     u32::from(h.total_len()).saturating_sub(u32::from(h.ihl()) * 4)
                 }
-                Some(LaxNetSlice::Ipv6(v6)) => {
+                LaxIpSlice::Ipv6(v6) => {
                     let ext_len = v6.extensions().slice().len() as u32;
                     u32::from(v6.header().payload_length()).saturating_sub(ext_len)
                 }
-                _ => payload.payload.len() as u32,
             }
         } else {
             payload.payload.len() as u32
         };
         let proto = payload.ip_number.0;
-        let mut transport = sp.transport.clone();
+        let mut transport = if ext_err.is_some() || payload.fragmented {
+            None
+        } else {
+            match proto {
+                1 => etherparse::Icmpv4Slice::from_slice(payload.payload)
+                    .ok()
+                    .map(TransportSlice::Icmpv4),
+                6 => etherparse::TcpSlice::from_slice(payload.payload)
+                    .ok()
+                    .map(TransportSlice::Tcp),
+                17 => etherparse::UdpSlice::from_slice_lax(payload.payload)
+                    .ok()
+                    .map(TransportSlice::Udp),
+                58 => etherparse::Icmpv6Slice::from_slice(payload.payload)
+                    .ok()
+                    .map(TransportSlice::Icmpv6),
+                // IGMP and the rest are not read further (`Transport::Other`).
+                _ => None,
+            }
+        };
         if payload.fragmented {
-            let first = match &sp.net {
-                Some(LaxNetSlice::Ipv4(v4)) => v4.header().fragments_offset().value() == 0,
-                Some(LaxNetSlice::Ipv6(v6)) => {
+            let first = match &ip {
+                LaxIpSlice::Ipv4(v4) => v4.header().fragments_offset().value() == 0,
+                LaxIpSlice::Ipv6(v6) => {
                     ipv6_first_fragment(v6.header().next_header().0, v6.extensions().slice())
                 }
-                _ => false,
             };
             if !first {
                 return self.counters.skip(SkipReason::NonFirstFragment);
