@@ -511,8 +511,8 @@ impl Merger {
             }
             let Some((w, _)) = next else { return };
             // The others' bounds: the least next key of those with events queued, and the
-            // least watermark of those without (a sequence number they may still send up to,
-            // exclusive of what they have vouched for).
+            // least watermark of those without (each has sent all its events up to its
+            // watermark, and may still send events after it).
             let mut below = (u64::MAX, u64::MAX);
             let mut upto = u64::MAX;
             for i in (0..self.queues.len()).filter(|&i| i != w) {
