@@ -393,22 +393,7 @@ impl Decoder {
         let mut transport = if ext_err.is_some() || payload.fragmented {
             None
         } else {
-            match proto {
-                1 => etherparse::Icmpv4Slice::from_slice(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Icmpv4),
-                6 => etherparse::TcpSlice::from_slice(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Tcp),
-                17 => etherparse::UdpSlice::from_slice_lax(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Udp),
-                58 => etherparse::Icmpv6Slice::from_slice(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Icmpv6),
-                // IGMP and the rest are not read further (`Transport::Other`).
-                _ => None,
-            }
+            slice_transport(proto, payload.payload, true)
         };
         if payload.fragmented {
             let first = match &ip {
@@ -422,15 +407,7 @@ impl Decoder {
             }
             self.counters.first_fragments += 1;
             // The slicer stops at fragmented payloads: read the first fragment's L4 header.
-            transport = match proto {
-                6 => etherparse::TcpSlice::from_slice(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Tcp),
-                17 => etherparse::UdpSlice::from_slice_lax(payload.payload)
-                    .ok()
-                    .map(TransportSlice::Udp),
-                _ => None,
-            };
+            transport = slice_transport(proto, payload.payload, false);
         }
         let frame_start = frame.bytes.as_ptr() as usize;
         let off_of = |s: &[u8]| (s.as_ptr() as usize).saturating_sub(frame_start) as u32;
@@ -530,6 +507,27 @@ impl Decoder {
             .saturating_sub(hdr_len)
             .max(pl.len() as u32);
         Decoded::Packet(p)
+    }
+}
+
+/// The transport header at the start of an IP payload of protocol `proto`, as etherparse's lax
+/// slicer reads it (TCP, UDP read laxly, and with `icmp` ICMP and ICMPv6); IGMP and the rest are
+/// not read (`Transport::Other`).
+fn slice_transport(proto: u8, b: &[u8], icmp: bool) -> Option<TransportSlice<'_>> {
+    match proto {
+        6 => etherparse::TcpSlice::from_slice(b)
+            .ok()
+            .map(TransportSlice::Tcp),
+        17 => etherparse::UdpSlice::from_slice_lax(b)
+            .ok()
+            .map(TransportSlice::Udp),
+        1 if icmp => etherparse::Icmpv4Slice::from_slice(b)
+            .ok()
+            .map(TransportSlice::Icmpv4),
+        58 if icmp => etherparse::Icmpv6Slice::from_slice(b)
+            .ok()
+            .map(TransportSlice::Icmpv6),
+        _ => None,
     }
 }
 
