@@ -713,7 +713,9 @@ impl Devices {
                         self.add(w, a, &r.meta, true, 10, &[1.0]);
                     }
                 }
-                if self.log_flows {
+                // A slice cut by the active timeout is not the flow's end: it goes on (same
+                // flow id), and its rows with it.
+                if self.log_flows && r.end != crate::flow::FlowEnd::ActiveTimeout {
                     self.flow_rows_done(&r.meta, out);
                 }
             }
@@ -750,7 +752,7 @@ impl Devices {
         self.scratch = key;
     }
 
-    /// A flow's rows are complete once it has ended (its record is its last event): they go
+    /// A flow's rows are complete once it has ended (its final record is its last event): they go
     /// out now, oldest window first, instead of when their windows close. The rows held are
     /// then those of flows still open, which the flow table's cap bounds, not every flow of
     /// the window.

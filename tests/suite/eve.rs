@@ -84,3 +84,35 @@ fn tcp_flow_records_follow_the_connection() {
         f["flow"]["pkts_toserver"].as_u64().unwrap() + f["flow"]["pkts_toclient"].as_u64().unwrap();
     assert_eq!(total, final_stats(&ev)["decoder"]["pkts"].as_u64().unwrap());
 }
+
+/// The flow log has one row per flow, device, role and window, written when the flow ends or
+/// its window closes: a long flow cut into slices by the active timeout keeps one row a window.
+#[test]
+fn flow_log_rows_are_one_per_flow_and_window_across_active_timeout_slices() {
+    let dir = std::env::temp_dir().join(format!("tapwatch-slices-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("slices.toml");
+    std::fs::write(&cfg, "[flow]\nactive_timeout_secs = 20\n").unwrap();
+    let ev = replay_events(
+        &[&pcap("lab/benign.pcap")],
+        &["--no-model", "-c", cfg.to_str().unwrap()],
+    );
+    let timeouts = final_stats(&ev)["flow"]["active_timeouts"]
+        .as_u64()
+        .unwrap();
+    assert!(timeouts > 10, "{timeouts} active timeouts");
+    let rows = of_type(&ev, "flow_window");
+    assert!(rows.len() > 100, "{} rows", rows.len());
+    let mut seen = std::collections::HashSet::new();
+    for r in &rows {
+        let key = (
+            r["flow_id"].as_u64().unwrap(),
+            r["device"].as_str().unwrap().to_string(),
+            r["role"].as_str().unwrap().to_string(),
+            r["window"].as_u64().unwrap(),
+        );
+        assert!(seen.insert(key.clone()), "two rows for {key:?}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
