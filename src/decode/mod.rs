@@ -296,32 +296,32 @@ impl Decoder {
     }
 
     fn l3(&mut self, frame: &RawFrame<'_>, link: Link<'_>, depth: u8) -> Decoded {
-        let base = PacketSummary {
+        match link.ether_type {
+            ETH_ARP => self.arp(frame, &link),
+            ETH_IPV4 | ETH_IPV6 => self.ip(frame, &link, depth),
+            _ => self.counters.skip(SkipReason::UnsupportedEtherType),
+        }
+    }
+
+    /// The summary of a frame whose link layer is `link`, with its network part: built once,
+    /// where it is returned.
+    fn summary(frame: &RawFrame<'_>, link: &Link<'_>, net: Net) -> PacketSummary {
+        PacketSummary {
             ts: frame.ts,
             wire_len: frame.wire_len,
             src_mac: link.src_mac,
             dst_mac: link.dst_mac,
             vlan: link.vlan,
             vni: None,
-            net: Net::Arp(ArpInfo {
-                op: 0,
-                sender_mac: [0; 6],
-                sender_ip: Ipv4Addr::UNSPECIFIED,
-                target_mac: [0; 6],
-                target_ip: Ipv4Addr::UNSPECIFIED,
-            }),
+            net,
             payload_off: 0,
             payload_len: 0,
             payload_wire_len: 0,
-        };
-        match link.ether_type {
-            ETH_ARP => self.arp(base, link.payload),
-            ETH_IPV4 | ETH_IPV6 => self.ip(frame, base, link.payload, depth),
-            _ => self.counters.skip(SkipReason::UnsupportedEtherType),
         }
     }
 
-    fn arp(&mut self, mut p: PacketSummary, b: &[u8]) -> Decoded {
+    fn arp(&mut self, frame: &RawFrame<'_>, link: &Link<'_>) -> Decoded {
+        let b = link.payload;
         // htype(2) ptype(2) hlen(1) plen(1) op(2) sha(6) spa(4) tha(6) tpa(4)
         let Some(h) = b.get(..28) else {
             return self.counters.skip(SkipReason::TruncatedArp);
@@ -330,17 +330,18 @@ impl Decoder {
             return self.counters.skip(SkipReason::UnsupportedArp);
         }
         let ip = |at: usize| Ipv4Addr::new(h[at], h[at + 1], h[at + 2], h[at + 3]);
-        p.net = Net::Arp(ArpInfo {
+        let net = Net::Arp(ArpInfo {
             op: be16(h, 6).unwrap_or(0),
             sender_mac: mac_at(h, 8).unwrap_or([0; 6]),
             sender_ip: ip(14),
             target_mac: mac_at(h, 18).unwrap_or([0; 6]),
             target_ip: ip(24),
         });
-        Decoded::Packet(p)
+        Decoded::Packet(Self::summary(frame, link, net))
     }
 
-    fn ip(&mut self, frame: &RawFrame<'_>, mut p: PacketSummary, b: &[u8], depth: u8) -> Decoded {
+    fn ip(&mut self, frame: &RawFrame<'_>, link: &Link<'_>, depth: u8) -> Decoded {
+        let b = link.payload;
         // The IP layer, then the transport header as etherparse's lax slicer reads it (nothing
         // after an extension-header error or in a fragment), without building the whole sliced
         // packet for every frame.
@@ -500,13 +501,14 @@ impl Decoder {
                 return d;
             }
         }
-        p.net = Net::Ip { src, dst, ttl, l4 };
-        p.payload_off = off_of(pl);
-        p.payload_len = pl.len() as u32;
-        p.payload_wire_len = ip_payload_wire_len
-            .saturating_sub(hdr_len)
-            .max(pl.len() as u32);
-        Decoded::Packet(p)
+        Decoded::Packet(PacketSummary {
+            payload_off: off_of(pl),
+            payload_len: pl.len() as u32,
+            payload_wire_len: ip_payload_wire_len
+                .saturating_sub(hdr_len)
+                .max(pl.len() as u32),
+            ..Self::summary(frame, link, Net::Ip { src, dst, ttl, l4 })
+        })
     }
 }
 
