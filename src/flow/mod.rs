@@ -570,18 +570,21 @@ impl<H: StreamHandler> FlowTable<H> {
                         &mut self.counters.reassembly,
                     );
                 }
-                let (meta, dir) = if h.roles_swapped() {
-                    (e.rec.meta.swapped(), dir.flip())
-                } else {
-                    (e.rec.meta, dir)
-                };
-                for ev in self.scratch.drain(before..) {
-                    out.push(FlowEvent::App {
-                        meta,
-                        ts: p.ts,
-                        dir,
-                        event: ev,
-                    });
+                // Most segments give no event: the metadata is copied only for those that do.
+                if self.scratch.len() > before {
+                    let (meta, dir) = if h.roles_swapped() {
+                        (e.rec.meta.swapped(), dir.flip())
+                    } else {
+                        (e.rec.meta, dir)
+                    };
+                    for ev in self.scratch.drain(before..) {
+                        out.push(FlowEvent::App {
+                            meta,
+                            ts: p.ts,
+                            dir,
+                            event: ev,
+                        });
+                    }
                 }
             }
             new_class = match e.rec.tcp {
