@@ -38,6 +38,8 @@ const SPARE_EVENTS: usize = 2 * BATCH;
 /// bytes, so that queued batches hold at most `BATCH_QUEUE` MiB of frames per worker, whatever
 /// the frame size (up to 64 KiB on a bridge).
 const ARENA_MAX: usize = 1 << 20;
+/// A batch's buffer of copies: up to the limit, plus one large frame.
+const ARENA_CAPACITY: usize = ARENA_MAX + (64 << 10);
 /// Batches queued per worker.
 const BATCH_QUEUE: usize = 32;
 /// Every this many frames, all workers get a mark so the back end can move on.
@@ -307,9 +309,8 @@ impl FrameSink for Reader {
                 let b = &mut self.pending[w];
                 let start = b.arena.len();
                 if b.arena.capacity() == 0 {
-                    // Room for the batch's copies up to the limit plus one large frame, reserved
-                    // once (growth by doubling would hold up to twice the limit).
-                    b.arena.reserve_exact(ARENA_MAX + (64 << 10));
+                    // Reserved once: growth by doubling would hold up to twice the limit.
+                    b.arena.reserve_exact(ARENA_CAPACITY);
                 }
                 b.arena.extend_from_slice(f.bytes);
                 Item::Frame {
@@ -501,26 +502,25 @@ impl Merger {
     /// watermarks): one look at the others per run of events, not per event.
     fn pump(&mut self, back: &mut Back) {
         loop {
+            // One look at every worker: the least next key (worker `w`), the least next key of
+            // the others with events queued (`below`), and the least watermark of those with
+            // none (`upto`: each has sent all its events up to it, and may send more after).
             let mut next: Option<(usize, (u64, u64))> = None;
-            for w in 0..self.queues.len() {
-                if let Some(k) = self.front(w) {
-                    if next.is_none_or(|(_, m)| k < m) {
-                        next = Some((w, k));
+            let mut below = (u64::MAX, u64::MAX);
+            let mut upto = u64::MAX;
+            for i in 0..self.queues.len() {
+                match (self.front(i), next) {
+                    (Some(k), Some((_, m))) if k >= m => below = below.min(k),
+                    (Some(k), _) => {
+                        if let Some((_, m)) = next {
+                            below = below.min(m);
+                        }
+                        next = Some((i, k));
                     }
+                    (None, _) => upto = upto.min(self.watermark[i]),
                 }
             }
             let Some((w, _)) = next else { return };
-            // The others' bounds: the least next key of those with events queued, and the
-            // least watermark of those without (each has sent all its events up to its
-            // watermark, and may still send events after it).
-            let mut below = (u64::MAX, u64::MAX);
-            let mut upto = u64::MAX;
-            for i in (0..self.queues.len()).filter(|&i| i != w) {
-                match self.front(i) {
-                    Some(k) => below = below.min(k),
-                    None => upto = upto.min(self.watermark[i]),
-                }
-            }
             let mut moved = false;
             // Through w's pieces, a run of keys at a time.
             while self.front(w).is_some() {
@@ -762,7 +762,7 @@ mod tests {
                 "{} bytes",
                 b.arena.len()
             );
-            assert!(b.arena.capacity() <= ARENA_MAX + (64 << 10));
+            assert!(b.arena.capacity() <= ARENA_CAPACITY);
         }
         // The large frames went 32 a batch (1 MiB), the small ones 512 a batch.
         assert!(batches

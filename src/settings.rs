@@ -444,24 +444,7 @@ impl Settings {
     pub fn is_home(&self, ip: IpAddr) -> bool {
         self.home_net.iter().any(|n| n.contains(&ip))
     }
-}
 
-/// An address that can be a device: unicast (not multicast, broadcast, unspecified, nor an
-/// IPv4 address ending in .255) and in one of the home networks `home`.
-pub fn device_address(home: &[IpNet], ip: IpAddr) -> bool {
-    let unicast = match ip {
-        IpAddr::V4(v4) => {
-            !(v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_unspecified()
-                || v4.octets()[3] == 255)
-        }
-        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
-    };
-    unicast && home.iter().any(|n| n.contains(&ip))
-}
-
-impl Settings {
     /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
     /// (always within one zone).
     pub fn segmentation_allows(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
@@ -491,6 +474,21 @@ impl Settings {
             .max_by_key(|(_, n)| n.prefix_len())
             .map(|(name, _)| name.as_str())
     }
+}
+
+/// An address that can be a device: unicast (not multicast, broadcast, unspecified, nor an
+/// IPv4 address ending in .255) and in one of the home networks `home`.
+pub fn device_address(home: &[IpNet], ip: IpAddr) -> bool {
+    let unicast = match ip {
+        IpAddr::V4(v4) => {
+            !(v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_unspecified()
+                || v4.octets()[3] == 255)
+        }
+        IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
+    };
+    unicast && home.iter().any(|n| n.contains(&ip))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod suppress;
 
+use crate::decode::IpText;
 use crate::detect::rules::RuleSet;
 use crate::detect::{Admission, Finding, Gate, Kind};
 use crate::flow::{Direction, FlowRecord};
@@ -285,7 +286,7 @@ impl Head<'_> {
             ("dest_ip", "dest_port", self.dst),
         ] {
             if let Some(e) = e {
-                m.serialize_entry(ip, &IpOut(e.ip))?;
+                m.serialize_entry(ip, &IpText(e.ip))?;
                 if ported && e.port != 0 {
                     m.serialize_entry(port, &e.port)?;
                 }
@@ -295,19 +296,6 @@ impl Head<'_> {
             m.serialize_entry("proto", &proto_name(self.proto))?;
         }
         Ok(())
-    }
-}
-
-/// An IP address written as a string: IPv4 by hand, straight into the output (no formatting
-/// machinery); IPv6 in std's canonical form.
-struct IpOut(std::net::IpAddr);
-
-impl Serialize for IpOut {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            std::net::IpAddr::V4(a) => s.serialize_str(crate::decode::ipv4_text(a, &mut [0; 15])),
-            std::net::IpAddr::V6(a) => s.collect_str(&a),
-        }
     }
 }
 
@@ -443,14 +431,14 @@ impl Serialize for FlowWindowOut<'_> {
         e.serialize_entry("window", &r.window.secs())?;
         e.serialize_entry("window_secs", &self.window_secs)?;
         e.serialize_entry("device", &Shown(r.device))?;
-        e.serialize_entry("device_ip", &IpOut(r.device_ip))?;
+        e.serialize_entry("device_ip", &IpText(r.device_ip))?;
         let role = if r.initiator {
             "initiator"
         } else {
             "responder"
         };
         e.serialize_entry("role", role)?;
-        e.serialize_entry("peer_ip", &IpOut(r.peer_ip))?;
+        e.serialize_entry("peer_ip", &IpText(r.peer_ip))?;
         e.serialize_entry("peer_device", &r.peer_device.map(Shown))?;
         e.serialize_entry("proto", &proto_name(r.proto))?;
         e.serialize_entry("dest_port", &r.dest_port)?;
@@ -478,7 +466,7 @@ impl Serialize for DeviceOut<'_> {
         e.serialize_entry("timestamp", &Shown(d.first_seen.rfc3339()))?;
         e.serialize_entry("event_type", "device")?;
         if let Some(ip) = d.ips.items.iter().next() {
-            e.serialize_entry("src_ip", &IpOut(*ip))?;
+            e.serialize_entry("src_ip", &IpText(*ip))?;
         }
         e.serialize_entry("device", &DevicePart(d))?;
         e.end()
@@ -504,7 +492,7 @@ struct Addresses<'a>(&'a std::collections::BTreeSet<std::net::IpAddr>);
 
 impl Serialize for Addresses<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(Shown))
+        s.collect_seq(self.0.iter().map(|&ip| IpText(ip)))
     }
 }
 
@@ -544,26 +532,35 @@ impl Alerter {
         self.suppressor.suppressed
     }
 
-    /// The alert for a finding, or `None` when it has no enabled rule or is suppressed.
-    pub fn alert<'a>(&'a mut self, f: &'a Finding) -> Option<AlertOut<'a>> {
-        let Some(rule) = self.rules.enabled(f.kind, f.variant) else {
+    /// The policy's decision on a finding: `None` when it has no enabled rule or repeats one
+    /// written within its rule's window (both counted), else how many repeats were suppressed
+    /// since the last one written.
+    fn decide(
+        &mut self,
+        kind: Kind,
+        variant: &str,
+        identifier: &str,
+        ts: Timestamp,
+    ) -> Option<u64> {
+        let Some(rule) = self.rules.enabled(kind, variant) else {
             self.counters.no_rule += 1;
             return None;
         };
+        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
+        match self.suppressor.decide(rule.sid, identifier, ts, window) {
+            Decision::Suppress => None,
+            Decision::Write { suppressed_before } => Some(suppressed_before),
+        }
+    }
+
+    /// The alert for a finding, or `None` when it has no enabled rule or is suppressed.
+    pub fn alert<'a>(&'a mut self, f: &'a Finding) -> Option<AlertOut<'a>> {
         let suppressed_before = match f.admission {
             // Decided when the detector asked (see `Gate`).
             Admission::Write { suppressed_before } => suppressed_before,
-            Admission::Undecided => {
-                let window = rule.suppress_secs.unwrap_or(self.default_suppress);
-                match self
-                    .suppressor
-                    .decide(rule.sid, &f.identifier, f.ts, window)
-                {
-                    Decision::Suppress => return None,
-                    Decision::Write { suppressed_before } => suppressed_before,
-                }
-            }
+            Admission::Undecided => self.decide(f.kind, f.variant, &f.identifier, f.ts)?,
         };
+        let rule = self.rules.enabled(f.kind, f.variant)?;
         self.counters.written += 1;
         if let Some(c) = self.counters.by_kind.get_mut(f.kind.index()) {
             *c += 1;
@@ -586,15 +583,8 @@ impl Gate for Alerter {
         identifier: &str,
         ts: Timestamp,
     ) -> Option<Admission> {
-        let Some(rule) = self.rules.enabled(kind, variant) else {
-            self.counters.no_rule += 1;
-            return None;
-        };
-        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
-        match self.suppressor.decide(rule.sid, identifier, ts, window) {
-            Decision::Suppress => None,
-            Decision::Write { suppressed_before } => Some(Admission::Write { suppressed_before }),
-        }
+        let suppressed_before = self.decide(kind, variant, identifier, ts)?;
+        Some(Admission::Write { suppressed_before })
     }
 }
 

@@ -454,14 +454,13 @@ impl Decoder {
             None if proto == 6 && payload.payload.len() >= 20 => {
                 // TCP options cut by the snap length: the fixed header is still usable.
                 let h = payload.payload;
-                let be32 = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
                 (
                     Transport::Tcp {
                         sport: be16(h, 0).unwrap_or(0),
                         dport: be16(h, 2).unwrap_or(0),
                         flags: TcpFlags(h[13]),
-                        seq: be32(4),
-                        ack: be32(8),
+                        seq: be32(h, 4).unwrap_or(0),
+                        ack: be32(h, 8).unwrap_or(0),
                         win: be16(h, 14).unwrap_or(0),
                     },
                     &h[h.len()..],

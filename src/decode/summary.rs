@@ -65,6 +65,16 @@ impl std::fmt::Display for IpText {
     }
 }
 
+/// As a JSON string: IPv4 straight into the output, without the formatting machinery.
+impl serde::Serialize for IpText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            std::net::IpAddr::V4(a) => s.serialize_str(ipv4_text(a, &mut [0; 15])),
+            std::net::IpAddr::V6(a) => s.collect_str(&a),
+        }
+    }
+}
+
 /// Up to two VLAN ids (outermost first), as EVE's `vlan` array.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Vlans {
@@ -275,15 +285,10 @@ mod tests {
         assert_eq!(MacText([0xff; 6]).to_string(), "ff:ff:ff:ff:ff:ff");
         assert_eq!(hex_byte(0x0f), *b"0f");
     }
-}
-
-#[cfg(test)]
-mod text_tests {
-    use super::{ipv4_text, IpText};
-    use std::net::{IpAddr, Ipv4Addr};
 
     #[test]
     fn addresses_are_written_as_std_writes_them() {
+        use std::net::{IpAddr, Ipv4Addr};
         // Every octet value in every position, and the edges.
         for v in 0..=255u8 {
             for a in [

@@ -207,20 +207,7 @@ fn service_key(key: &mut String, proto: &str, port: u16) {
     key.clear();
     key.push_str(proto);
     key.push('/');
-    let mut digits = [0u8; 5];
-    let mut n = port;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for &d in &digits[i..] {
-        key.push(char::from(d));
-    }
+    key.push_str(itoa::Buffer::new().format(port));
 }
 
 /// Entries of the home-network membership cache.
