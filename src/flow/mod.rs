@@ -24,6 +24,7 @@ pub use tcp::TcpState;
 use crate::decode::{PacketSummary, Transport};
 use crate::time::Timestamp;
 use reassembly::Stream;
+use std::hash::BuildHasher;
 
 /// Receives a TCP flow's reassembled bytes (implemented by the protocol stage).
 pub trait StreamHandler: Sized {
@@ -194,6 +195,22 @@ struct Entry<H> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct TableKey(FlowKey);
 
+/// True when `e` is the live flow of canonical key `key`: the key is not stored in the index,
+/// it is read back from the entry's record (its `lo` end is the initiator or the responder).
+fn is_flow<H>(e: &Entry<H>, key: &FlowKey) -> bool {
+    let m = &e.rec.meta;
+    let (lo, hi) = if e.init_is_lo {
+        (&m.initiator, &m.responder)
+    } else {
+        (&m.responder, &m.initiator)
+    };
+    m.proto == key.proto
+        && *lo == key.lo
+        && *hi == key.hi
+        && m.vlan == key.vlan
+        && m.vni.unwrap_or(0) == key.vni
+}
+
 impl std::hash::Hash for TableKey {
     fn hash<S: std::hash::Hasher>(&self, h: &mut S) {
         fn words(e: &Endpoint) -> (u64, u64) {
@@ -257,7 +274,11 @@ const CLASS_ORDER: [Class; CLASSES] = [
 /// The flow table of one worker.
 pub struct FlowTable<H: StreamHandler> {
     cfg: FlowConfig,
-    map: hashbrown::HashMap<TableKey, u32, foldhash::fast::RandomState>,
+    /// The flows' slab indexes, found by key: the index holds 4 bytes a flow (the key is read
+    /// back from the slab entry, which a packet's lookup reads next anyway), so its buckets stay
+    /// in the cache where a map holding the keys would not.
+    index: hashbrown::HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     slab: Vec<Entry<H>>,
     /// `links[i]`: the list neighbours of `slab[i]`.
     links: Vec<Link>,
@@ -283,7 +304,8 @@ impl<H: StreamHandler> FlowTable<H> {
     pub fn new(cfg: FlowConfig) -> Self {
         FlowTable {
             cfg,
-            map: hashbrown::HashMap::with_hasher(foldhash::fast::RandomState::default()),
+            index: hashbrown::HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
             slab: Vec::new(),
             links: Vec::new(),
             free: Vec::new(),
@@ -313,10 +335,10 @@ impl<H: StreamHandler> FlowTable<H> {
 
     /// Number of flows held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.index.is_empty()
     }
     pub fn now(&self) -> Timestamp {
         self.now
@@ -491,9 +513,14 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         let proto = l4.proto();
         let (key, src_is_lo) = FlowKey::new(src, dst, proto, p.vlan, p.vni);
-        let idx = match self.map.get(&TableKey(key)) {
+        let hash = self.hasher.hash_one(TableKey(key));
+        let slab = &self.slab;
+        let found = self.index.find(hash, |&i| {
+            slab.get(i as usize).is_some_and(|e| is_flow(e, &key))
+        });
+        let idx = match found {
             Some(&i) => i,
-            None => self.create(key, src, dst, p, l4, out),
+            None => self.create(key, hash, (src, dst), p, l4, out),
         };
         let i = idx as usize;
         // Direction relative to the initiator.
@@ -608,16 +635,17 @@ impl<H: StreamHandler> FlowTable<H> {
         self.push_front(idx);
     }
 
+    /// Starts the flow of `key` (`hash`: its index hash) with the packet `p` from `src` to `dst`.
     fn create(
         &mut self,
         key: FlowKey,
-        src: Endpoint,
-        dst: Endpoint,
+        hash: u64,
+        (src, dst): (Endpoint, Endpoint),
         p: &PacketSummary,
         l4: Transport,
         out: &mut Vec<FlowEvent<H::Event>>,
     ) -> u32 {
-        if self.map.len() >= self.cfg.max_flows.max(1) {
+        if self.index.len() >= self.cfg.max_flows.max(1) {
             self.evict_one(out);
         }
         // Who started the connection. A SYN-ACK as first packet means the SYN was missed: the
@@ -706,8 +734,12 @@ impl<H: StreamHandler> FlowTable<H> {
                 (self.slab.len() - 1) as u32
             }
         };
-        self.map.insert(TableKey(key), idx);
-        self.counters.peak_active = self.counters.peak_active.max(self.map.len() as u64);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.index.insert_unique(hash, idx, |&i| {
+            slab.get(i as usize)
+                .map_or(0, |e| hasher.hash_one(TableKey(e.rec.meta.key())))
+        });
+        self.counters.peak_active = self.counters.peak_active.max(self.index.len() as u64);
         self.push_front(idx);
         out.push(FlowEvent::Started(meta));
         idx
@@ -799,7 +831,12 @@ impl<H: StreamHandler> FlowTable<H> {
             std::mem::swap(&mut rec.fwd, &mut rec.rev);
             rec.gaps.swap(0, 1);
         }
-        self.map.remove(&TableKey(key));
+        if let Ok(found) = self
+            .index
+            .find_entry(self.hasher.hash_one(TableKey(key)), |&i| i == idx)
+        {
+            found.remove();
+        }
         self.free.push(idx);
         self.counters.ended += 1;
         out.push(FlowEvent::Flow(rec));
@@ -826,12 +863,12 @@ impl<H: StreamHandler> FlowTable<H> {
     /// flows remain.
     pub fn drain_some(&mut self, out: &mut Vec<FlowEvent<H::Event>>, max: usize) -> bool {
         if self.draining.is_empty() {
-            if self.map.is_empty() {
+            if self.index.is_empty() {
                 return false;
             }
             let mut all: Vec<(FlowId, u32)> = self
-                .map
-                .values()
+                .index
+                .iter()
                 .map(|&i| (self.slab[i as usize].rec.meta.id, i))
                 .collect();
             // Popped from the back: highest id first in the vector.
@@ -848,5 +885,110 @@ impl<H: StreamHandler> FlowTable<H> {
             self.end(i, end, out);
         }
         !self.draining.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Net, Vlans};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// A UDP packet between a numbered client (198.18.x.y) and 198.19.0.1:53, at second `t`.
+    fn udp(client: u32, to_server: bool, t: u64, vlan: Vlans, vni: Option<u32>) -> PacketSummary {
+        let c = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | client));
+        let s = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+        let cport = 40_000 + (client % 1000) as u16;
+        let (src, dst, sport, dport) = if to_server {
+            (c, s, cport, 53)
+        } else {
+            (s, c, 53, cport)
+        };
+        PacketSummary {
+            ts: Timestamp::from_secs(1_000 + t),
+            wire_len: 80,
+            src_mac: None,
+            dst_mac: None,
+            vlan,
+            vni,
+            net: Net::Ip {
+                src,
+                dst,
+                ttl: 64,
+                l4: Transport::Udp { sport, dport },
+            },
+            payload_off: 42,
+            payload_len: 0,
+            payload_wire_len: 0,
+        }
+    }
+
+    /// Feeds three rounds over `clients` flows (query, answer, query) and ends the table;
+    /// returns the table and its flow records.
+    fn rounds(max_flows: usize, clients: u32) -> (FlowTable<NoPayload>, Vec<FlowRecord>) {
+        let mut t = FlowTable::<NoPayload>::new(FlowConfig {
+            max_flows,
+            ..FlowConfig::default()
+        });
+        let mut out = Vec::new();
+        for (round, to_server) in [true, false, true].into_iter().enumerate() {
+            for c in 0..clients {
+                let p = udp(c, to_server, round as u64, Vlans::default(), None);
+                t.observe(&p, &[], &mut out);
+            }
+        }
+        let mut recs = Vec::new();
+        t.drain(&mut out);
+        for e in out {
+            if let FlowEvent::Flow(r) = e {
+                recs.push(r);
+            }
+        }
+        (t, recs)
+    }
+
+    #[test]
+    fn every_flow_is_found_again_as_the_index_grows() {
+        let (t, recs) = rounds(1_000_000, 20_000);
+        assert_eq!(t.counters.created, 20_000);
+        assert_eq!(t.counters.peak_active, 20_000);
+        assert_eq!(t.counters.evicted, 0);
+        assert!(t.is_empty());
+        assert_eq!(recs.len(), 20_000);
+        for r in &recs {
+            assert_eq!((r.fwd.packets, r.rev.packets), (2, 1), "{r:?}");
+            assert_eq!(r.meta.responder.port, 53);
+        }
+    }
+
+    #[test]
+    fn evicted_flows_leave_the_index() {
+        // 20,000 flows through a table of 1,000: each round finds its flows evicted (oldest
+        // first) and starts them again; a stale index entry would find an ended flow instead.
+        let (t, recs) = rounds(1_000, 20_000);
+        assert_eq!(t.counters.created, 60_000);
+        assert_eq!(t.counters.evicted, 59_000);
+        assert_eq!(t.counters.peak_active, 1_000);
+        assert_eq!(recs.len(), 60_000);
+        assert!(recs.iter().all(|r| r.fwd.packets + r.rev.packets == 1));
+    }
+
+    #[test]
+    fn vlans_and_vnis_keep_flows_apart() {
+        let mut t = FlowTable::<NoPayload>::new(FlowConfig::default());
+        let mut out = Vec::new();
+        let mut tagged = Vlans::default();
+        tagged.push(7);
+        for _ in 0..2 {
+            for (vlan, vni) in [
+                (Vlans::default(), None),
+                (tagged, None),
+                (Vlans::default(), Some(5)),
+            ] {
+                t.observe(&udp(1, true, 0, vlan, vni), &[], &mut out);
+            }
+        }
+        assert_eq!(t.counters.created, 3);
+        assert_eq!(t.len(), 3);
     }
 }
