@@ -235,7 +235,8 @@ pub struct AlertConfig {
 pub struct DeviceConfig {
     /// Baseline window (seconds of packet time). Default 60.
     pub window_secs: u64,
-    /// Devices tracked; beyond it the least recently seen is evicted. Default 10,000.
+    /// Devices tracked (and MACs tracked as routers, or as router candidates); when the device
+    /// table is full, the eighth of it seen least recently is evicted. Default 10,000.
     pub max_devices: usize,
     /// Peers (and services) remembered per device. Default 1,024.
     pub max_peers: usize,

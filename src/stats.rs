@@ -97,7 +97,9 @@ impl Stats {
                 },
                 "device": {
                     "devices": self.devices.devices, "evicted": self.devices.evicted,
-                    "routers": self.devices.routers, "windows": self.devices.windows,
+                    "routers": self.devices.routers,
+                    "routers_evicted": self.devices.routers_evicted,
+                    "windows": self.devices.windows,
                     "flow_log_overflow": self.devices.flow_log_overflow,
                 },
             }

@@ -280,6 +280,8 @@ pub struct DeviceCounters {
     pub devices: u64,
     pub evicted: u64,
     pub routers: u64,
+    /// Routers forgotten because the router table was full (`max_devices` MACs).
+    pub routers_evicted: u64,
     pub windows: u64,
     /// Flow log rows not kept (over [`MAX_FLOW_LOG_ROWS`] in a device's window).
     pub flow_log_overflow: u64,
@@ -290,8 +292,9 @@ pub struct Devices {
     cfg: DeviceConfig,
     home: Vec<ipnet::IpNet>,
     profiles: HashMap<DeviceId, DeviceProfile>,
-    /// Source IPs seen per MAC, to spot routers.
+    /// Source IPs seen per MAC, to spot routers (up to `max_devices` MACs).
     mac_ips: HashMap<Mac, HashSet<IpAddr>>,
+    /// MACs that carry many source addresses (up to `max_devices`).
     routers: HashSet<Mac>,
     /// Open windows: start -> per device stats.
     windows: std::collections::BTreeMap<Timestamp, HashMap<DeviceId, WindowStats>>,
@@ -385,11 +388,20 @@ impl Devices {
             return;
         }
         let set = self.mac_ips.entry(m).or_default();
-        set.insert(ip);
+        if !set.insert(ip) {
+            // A known address: the counts below are those already found too few.
+            return;
+        }
         let v4 = set.iter().filter(|a| a.is_ipv4()).count();
         let v6 = set.len() - v4;
         // A host has one IPv4 address and a few IPv6 ones; a router carries many.
         if v4 > self.cfg.max_router_ips || v6 > 2 * self.cfg.max_router_ips {
+            if self.routers.len() >= self.cfg.max_devices {
+                // A flood of MACs that each carry many sources: the router table starts again
+                // (its routers are learned anew from their next addresses).
+                self.counters.routers_evicted += self.routers.len() as u64;
+                self.routers.clear();
+            }
             self.routers.insert(m);
             self.mac_ips.remove(&m);
             self.counters.routers += 1;
@@ -407,16 +419,7 @@ impl Devices {
         out: &mut Vec<DeviceOutput>,
     ) -> Option<&mut DeviceProfile> {
         if self.profiles.len() >= self.cfg.max_devices && !self.profiles.contains_key(&id) {
-            // Evict the least recently seen device.
-            if let Some(old) = self
-                .profiles
-                .iter()
-                .min_by_key(|(_, p)| p.last_seen)
-                .map(|(k, _)| *k)
-            {
-                self.profiles.remove(&old);
-                self.counters.evicted += 1;
-            }
+            self.evict_devices();
         }
         // One lookup on the common path (a known device).
         let p = match self.profiles.entry(id) {
@@ -457,6 +460,27 @@ impl Devices {
             p.last_seen = ts;
         }
         Some(p)
+    }
+
+    /// The device table is full: drops the eighth of its devices seen the least recently
+    /// (ties by id, so replays drop the same ones). One look at the table makes room for many
+    /// new devices: a stream of new devices (spoofed home sources) costs a constant time each,
+    /// not a look at every device each.
+    fn evict_devices(&mut self) {
+        let mut seen: Vec<(Timestamp, DeviceId)> = self
+            .profiles
+            .iter()
+            .map(|(id, p)| (p.last_seen, *id))
+            .collect();
+        let n = (seen.len() / 8).max(1);
+        if seen.len() > n {
+            seen.select_nth_unstable(n - 1);
+        }
+        for (_, id) in seen.into_iter().take(n) {
+            if self.profiles.remove(&id).is_some() {
+                self.counters.evicted += 1;
+            }
+        }
     }
 
     fn stats(&mut self, window: Timestamp, id: DeviceId) -> &mut WindowStats {
@@ -850,7 +874,90 @@ impl Devices {
 
 #[cfg(test)]
 mod tests {
-    use super::service_key;
+    use super::*;
+    use crate::flow::FlowId;
+
+    /// A TCP flow from home address 198.18.0.`n` (no MACs: the device is its address) to a
+    /// server outside the home networks, starting at second `t`.
+    fn started(n: u32, t: u64) -> Emitted {
+        let ts = Timestamp::from_secs(1_800_000_000 + t);
+        Emitted::Started(FlowMeta {
+            id: FlowId(u64::from(n)),
+            initiator: crate::flow::Endpoint {
+                ip: IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)),
+                port: 40_000,
+            },
+            responder: crate::flow::Endpoint {
+                ip: "203.0.113.7".parse().unwrap(),
+                port: 443,
+            },
+            proto: 6,
+            vlan: crate::decode::Vlans::default(),
+            vni: None,
+            first: ts,
+            initiator_mac: None,
+            responder_mac: None,
+            local: FlowMeta::LOCAL_INITIATOR,
+        })
+    }
+
+    fn ip_id(n: u32) -> DeviceId {
+        DeviceId::Ip(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)))
+    }
+
+    #[test]
+    fn the_router_table_is_capped_too() {
+        let mut settings = Settings::default();
+        settings.device.max_devices = 4;
+        let mut d = Devices::new(&settings);
+        let mut out = Vec::new();
+        // 10 MACs, each carrying 3 source addresses (more than max_router_ips = 2): routers.
+        for mac in 0..10u8 {
+            for host in 0..3u32 {
+                let mut e = started(u32::from(mac) * 8 + host, 0);
+                if let Emitted::Started(m) = &mut e {
+                    m.initiator_mac = Some([2, 0, 0, 0, 0, mac]);
+                }
+                d.on_event(&e, &mut out);
+            }
+            assert!(d.routers.len() <= 4);
+        }
+        assert_eq!(d.counters.routers, 10);
+        assert_eq!(d.counters.routers_evicted, 8);
+        // The last two were learned after the second restart; their hosts are told apart by IP.
+        assert!(d.routers.contains(&[2, 0, 0, 0, 0, 9]));
+        assert!(d.routers.contains(&[2, 0, 0, 0, 0, 8]));
+        assert!(d.get(&ip_id(9 * 8 + 2)).is_some());
+    }
+
+    #[test]
+    fn a_full_device_table_drops_the_devices_seen_least_recently() {
+        let mut settings = Settings::default();
+        settings.device.max_devices = 80;
+        let mut d = Devices::new(&settings);
+        let mut out = Vec::new();
+        // 200 devices, one a second; device 0 is seen again every second, so it stays.
+        for n in 0..200 {
+            d.on_event(&started(n, u64::from(n)), &mut out);
+            d.on_event(&started(0, u64::from(n)), &mut out);
+            assert!(d.profiles.len() <= 80);
+        }
+        let created = out
+            .iter()
+            .filter(|o| matches!(o, DeviceOutput::New(_)))
+            .count() as u64;
+        assert_eq!(created, d.counters.devices);
+        assert_eq!(d.counters.evicted, created - d.profiles.len() as u64);
+        assert!(d.get(&ip_id(0)).is_some(), "the busy device is kept");
+        // Room is made ten devices at a time: the newest 70 are all there, and what was
+        // dropped is older than anything kept (device 0 aside, which is recent).
+        for n in 130..200 {
+            assert!(d.get(&ip_id(n)).is_some(), "device {n}");
+        }
+        let oldest_kept = (1..200).find(|&n| d.get(&ip_id(n)).is_some()).unwrap();
+        assert!((oldest_kept..200).all(|n| d.get(&ip_id(n)).is_some()));
+        assert!(d.counters.evicted >= 119);
+    }
 
     #[test]
     fn service_keys_are_written_by_hand_as_proto_slash_port() {

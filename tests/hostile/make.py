@@ -10,6 +10,9 @@ Captures (packet counts at small / full scale):
 
   syn_flood       SYNs from random sources to three servers, never answered: one half-open flow
                   per packet (20,000 / 2,000,000 flows)
+  home_flood      SYNs from random spoofed sources inside the home network 198.18.0.0/15,
+                  through one MAC (a router to the sensor): each source a new device
+                  (20,000 / 300,000 flows)
   mqtt_huge       MQTT CONNECTs claiming a 256 MB remaining length, then megabytes of filler; and
                   a CONNECT with an invalid (5-byte) remaining length
   http_headers    an HTTP request with a 1 MB header line, and one with 1 MB of small headers
@@ -121,6 +124,18 @@ def syn_flood(path, full, n=None):
         src = struct.pack(">I", rnd.getrandbits(32) | 0x01000000)
         seg = tcp(rnd.randrange(1024, 65536), ports[i % 3], rnd.getrandbits(32), 0, SYN)
         p.frame(eth(ipv4(src, servers[i % 3], 6, seg, ident=i & 0xFFFF), rev=True), 10)
+    return p.close()
+
+
+def home_flood(path, full):
+    n = 300_000 if full else 20_000
+    rnd = random.Random(2)
+    p = Pcap(path)
+    server = ip4("198.18.1.10")
+    for i in range(n):
+        src = struct.pack(">I", 0xC6120000 | rnd.getrandbits(17))
+        seg = tcp(rnd.randrange(1024, 65536), 80, rnd.getrandbits(32), 0, SYN)
+        p.frame(eth(ipv4(src, server, 6, seg, ident=i & 0xFFFF), rev=True), 10)
     return p.close()
 
 
@@ -250,6 +265,7 @@ def tiny_fragments(path, full):
 
 ALL = {
     "syn_flood": syn_flood,
+    "home_flood": home_flood,
     "mqtt_huge": mqtt_huge,
     "http_headers": http_headers,
     "telnet_iac": telnet_iac,

@@ -117,6 +117,21 @@ fn hostile_captures_are_survived_and_counted() {
         "{st}"
     );
 
+    // 20,000 SYNs from spoofed home sources behind one MAC, into a device table of 1,000: the
+    // MAC is found to be a router, each source is a device, the table keeps evicting.
+    let devices = dir.join("devices.toml");
+    std::fs::write(&devices, "[device]\nmax_devices = 1000\n").unwrap();
+    let (st, _) = replay(&dir, "home_flood", &devices);
+    let dev = &st["device"];
+    assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
+    assert_eq!(n(&dev["routers"]), 1, "{st}");
+    assert_eq!(n(&dev["routers_evicted"]), 0, "{st}");
+    assert!(n(&dev["devices"]) >= 18_000, "{st}");
+    // Devices made minus devices evicted is what the table holds at the end, at most 1,000 (the
+    // router's own profile, dropped when it was found to be one, is in neither count).
+    let held = n(&dev["devices"]) - n(&dev["evicted"]);
+    assert!((1..=1000).contains(&held), "{st}");
+
     // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
     // stream is not recognised as MQTT at all).
     let (st, alerts) = replay(&dir, "mqtt_huge", &config);
