@@ -65,20 +65,43 @@ impl Suppressor {
             };
         }
         if self.seen.len() >= self.cap {
-            // Drop entries whose window has passed; if none, drop everything (a burst of
-            // distinct findings larger than the cap: better to alert again than to grow).
-            let before = self.seen.len();
-            self.seen.retain(|_, (until, _)| *until > ts);
-            if self.seen.len() >= self.cap {
-                self.seen.clear();
-            }
-            self.evicted += (before - self.seen.len()) as u64;
+            self.make_room(ts);
         }
         self.seen
             .insert((sid, identifier.to_string()), (ts.plus_secs(window), 0));
         Decision::Write {
             suppressed_before: 0,
         }
+    }
+}
+
+impl Suppressor {
+    /// The table is full: drops the entries whose window has passed, and when that frees less
+    /// than an eighth of it (a burst of distinct findings larger than the cap: better to alert
+    /// again than to grow), the eighth whose windows end soonest (ties by key, so replays drop
+    /// the same ones). Each look at the table makes room for many findings, so a stream of
+    /// distinct findings costs a constant time each.
+    fn make_room(&mut self, ts: Timestamp) {
+        let before = self.seen.len();
+        self.seen.retain(|_, (until, _)| *until > ts);
+        let room = (self.cap / 8).max(1);
+        if self.seen.len() + room > self.cap {
+            let mut ends: Vec<(Timestamp, &(u32, String))> = self
+                .seen
+                .iter()
+                .map(|(k, (until, _))| (*until, k))
+                .collect();
+            let n = (self.seen.len() + room - self.cap).min(ends.len());
+            if n > 0 && n < ends.len() {
+                ends.select_nth_unstable(n - 1);
+            }
+            let drop: Vec<(u32, String)> =
+                ends.into_iter().take(n).map(|(_, k)| k.clone()).collect();
+            for k in drop {
+                self.seen.remove(&k);
+            }
+        }
+        self.evicted += (before - self.seen.len()) as u64;
     }
 }
 
@@ -115,5 +138,38 @@ mod tests {
             }
         ));
         assert_eq!(s.suppressed, 1);
+    }
+
+    #[test]
+    fn a_full_table_makes_room_an_eighth_at_a_time() {
+        let mut s = Suppressor::new(80);
+        let t = Timestamp::from_secs(1000);
+        // 80 distinct findings, all still in their window (finding i's ends at t + 600 + i).
+        for i in 0..80u64 {
+            s.decide(1, &format!("f{i}"), t.plus_secs(i), 600);
+        }
+        assert_eq!((s.seen.len(), s.evicted), (80, 0));
+        // The 81st drops the ten whose windows end soonest: f0..f9.
+        s.decide(1, "g0", t.plus_secs(100), 600);
+        assert_eq!((s.seen.len(), s.evicted), (71, 10));
+        assert!(s.seen.contains_key(&(1, "f10".to_string())));
+        assert!(!s.seen.contains_key(&(1, "f9".to_string())));
+        // The next nine fit without a look at the table.
+        for i in 1..10 {
+            s.decide(1, &format!("g{i}"), t.plus_secs(100), 600);
+        }
+        assert_eq!((s.seen.len(), s.evicted), (80, 10));
+        // Past every window: all the old ones go at once.
+        s.decide(1, "h", t.plus_secs(10_000), 600);
+        assert_eq!((s.seen.len(), s.evicted), (1, 90));
+        // A dropped finding alerts again.
+        assert!(matches!(
+            s.decide(1, "h", t.plus_secs(10_001), 600),
+            Decision::Suppress
+        ));
+        assert!(matches!(
+            s.decide(1, "f0", t.plus_secs(10_001), 600),
+            Decision::Write { .. }
+        ));
     }
 }

@@ -374,8 +374,8 @@ impl ProtocolDetector {
 
     fn facts(&mut self, id: FlowId) -> &mut FlowFacts {
         if self.flows.len() >= MAX_TRACKED && !self.flows.contains_key(&id) {
+            self.evicted += self.flows.len() as u64;
             self.flows.clear();
-            self.evicted += 1;
         }
         self.flows.entry(id).or_default()
     }
