@@ -264,15 +264,79 @@ struct Pair {
     meta: FlowMeta,
 }
 
+/// A set of address pairs; a pair of IPv4 addresses is kept as one `u64` (8 bytes a pair in the
+/// table, against 34 for the two addresses), the others as they are.
+#[derive(Default)]
+struct PairSet {
+    v4: HashSet<u64>,
+    other: HashSet<(IpAddr, IpAddr)>,
+}
+
+impl PairSet {
+    fn key(a: IpAddr, b: IpAddr) -> Result<u64, (IpAddr, IpAddr)> {
+        match (a, b) {
+            (IpAddr::V4(x), IpAddr::V4(y)) => {
+                Ok(u64::from(u32::from(x)) << 32 | u64::from(u32::from(y)))
+            }
+            _ => Err((a, b)),
+        }
+    }
+    fn contains(&self, a: IpAddr, b: IpAddr) -> bool {
+        match Self::key(a, b) {
+            Ok(k) => self.v4.contains(&k),
+            Err(k) => self.other.contains(&k),
+        }
+    }
+    fn insert(&mut self, a: IpAddr, b: IpAddr) {
+        match Self::key(a, b) {
+            Ok(k) => self.v4.insert(k),
+            Err(k) => self.other.insert(k),
+        };
+    }
+    fn len(&self) -> usize {
+        self.v4.len() + self.other.len()
+    }
+}
+
+/// Address pairs remembered in two generations of at most `max` pairs each: when the newer is
+/// full it becomes the older one, and the older one's pairs are dropped (and counted).
+#[derive(Default)]
+struct PairMemory {
+    gens: [PairSet; 2],
+}
+
+impl PairMemory {
+    fn contains(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.gens.iter().any(|g| g.contains(a, b))
+    }
+
+    /// Remembers (a, b) in the newer generation; true when it was remembered before (in
+    /// either). Pairs dropped to make room are added to `evicted`.
+    fn learn(&mut self, a: IpAddr, b: IpAddr, max: usize, evicted: &mut u64) -> bool {
+        if self.gens[0].contains(a, b) {
+            return true;
+        }
+        let known = self.gens[1].contains(a, b);
+        if self.gens[0].len() >= max {
+            let old = std::mem::take(&mut self.gens[0]);
+            *evicted += self.gens[1].len() as u64;
+            self.gens[1] = old;
+        }
+        self.gens[0].insert(a, b);
+        known
+    }
+}
+
 /// The lateral-movement detector.
 pub struct LateralDetector {
     p: LateralParams,
     st: Settings,
     /// Port -> admin service name.
     admin: HashMap<u16, String>,
-    peers: [HashSet<(IpAddr, IpAddr)>; 2],
+    /// Host pairs that have talked (in address order).
+    peers: PairMemory,
     /// (source, destination) pairs that had an admin session.
-    admin_peers: [HashSet<(IpAddr, IpAddr)>; 2],
+    admin_peers: PairMemory,
     flows: HashMap<FlowId, FlowInfo>,
     pairs: HashMap<(IpAddr, IpAddr), Pair>,
     start: Option<Timestamp>,
@@ -315,8 +379,8 @@ impl LateralDetector {
             p,
             st: settings.clone(),
             admin,
-            peers: [HashSet::default(), HashSet::default()],
-            admin_peers: [HashSet::default(), HashSet::default()],
+            peers: PairMemory::default(),
+            admin_peers: PairMemory::default(),
             flows: HashMap::default(),
             pairs: HashMap::default(),
             start: None,
@@ -408,22 +472,11 @@ impl LateralDetector {
         }
     }
 
-    fn talked(&self, a: IpAddr, b: IpAddr) -> bool {
-        let k = if a <= b { (a, b) } else { (b, a) };
-        self.peers.iter().any(|g| g.contains(&k))
-    }
-
-    fn learn(&mut self, a: IpAddr, b: IpAddr) {
-        let k = if a <= b { (a, b) } else { (b, a) };
-        if self.peers[0].contains(&k) {
-            return;
-        }
-        if self.peers[0].len() >= self.p.max_peers {
-            let old = std::mem::take(&mut self.peers[0]);
-            self.evicted += self.peers[1].len() as u64;
-            self.peers[1] = old;
-        }
-        self.peers[0].insert(k);
+    /// Remembers that `a` and `b` talked; true when they had before.
+    fn learn(&mut self, a: IpAddr, b: IpAddr) -> bool {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        self.peers
+            .learn(lo, hi, self.p.max_peers, &mut self.evicted)
     }
 
     /// Marks a pair as known (seen in a model's training): its sessions are not first contacts.
@@ -433,19 +486,12 @@ impl LateralDetector {
     }
 
     fn had_admin(&self, s: IpAddr, d: IpAddr) -> bool {
-        self.admin_peers.iter().any(|g| g.contains(&(s, d)))
+        self.admin_peers.contains(s, d)
     }
 
     fn learn_admin(&mut self, s: IpAddr, d: IpAddr) {
-        if self.admin_peers[0].contains(&(s, d)) {
-            return;
-        }
-        if self.admin_peers[0].len() >= self.p.max_peers {
-            let old = std::mem::take(&mut self.admin_peers[0]);
-            self.evicted += self.admin_peers[1].len() as u64;
-            self.admin_peers[1] = old;
-        }
-        self.admin_peers[0].insert((s, d));
+        self.admin_peers
+            .learn(s, d, self.p.max_peers, &mut self.evicted);
     }
 
     fn privileged(&self, e: &Evidence) -> bool {
@@ -470,8 +516,7 @@ impl LateralDetector {
         if s == d {
             return;
         }
-        let talked = self.talked(s, d);
-        self.learn(s, d);
+        let talked = self.learn(s, d);
         // A flow picked up mid-connection with the server side first: not an opening.
         let (ip, rp) = (m.initiator.port, m.responder.port);
         if matches!(m.proto, 6 | 17) && ip < 1024 && rp >= 1024 {
@@ -719,6 +764,34 @@ mod tests {
     use super::*;
     use crate::decode::Vlans;
     use crate::flow::{DirStats, FlowEnd, FlowKey, TcpState};
+
+    #[test]
+    fn pair_memory_keeps_two_generations_of_v4_and_v6_pairs() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut m = PairMemory::default();
+        let mut evicted = 0;
+        let v4 = |n: u8| ip(&format!("198.18.0.{n}"));
+        // (a, b) and (b, a) are different pairs; a v6 pair is kept apart from the v4 ones.
+        assert!(!m.learn(v4(1), v4(2), 3, &mut evicted));
+        assert!(m.learn(v4(1), v4(2), 3, &mut evicted));
+        assert!(!m.contains(v4(2), v4(1)));
+        assert!(!m.learn(ip("fd00::1"), ip("fd00::2"), 3, &mut evicted));
+        assert!(m.contains(ip("fd00::1"), ip("fd00::2")));
+        assert!(!m.learn(v4(3), v4(4), 3, &mut evicted));
+        // The newer generation is full (3): it becomes the older one.
+        assert!(!m.learn(v4(5), v4(6), 3, &mut evicted));
+        assert_eq!(evicted, 0);
+        assert!(m.contains(v4(1), v4(2)) && m.contains(ip("fd00::1"), ip("fd00::2")));
+        // Known from the older generation, and moved into the newer one.
+        assert!(m.learn(v4(1), v4(2), 3, &mut evicted));
+        assert!(!m.learn(v4(7), v4(8), 3, &mut evicted));
+        // Full again: the older generation's three pairs are dropped; (1, 2) was moved on.
+        assert!(!m.learn(v4(9), v4(10), 3, &mut evicted));
+        assert_eq!(evicted, 3);
+        assert!(m.contains(v4(1), v4(2)));
+        assert!(!m.contains(v4(3), v4(4)));
+        assert!(!m.contains(ip("fd00::1"), ip("fd00::2")));
+    }
 
     fn meta(s: &str, sp: u16, d: &str, dp: u16, t: u64) -> FlowMeta {
         let a = Endpoint {
