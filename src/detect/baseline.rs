@@ -182,11 +182,16 @@ impl BaselineDetector {
         }
         if let (true, Some(m)) = (self.learned, model) {
             let score = m.score(&w.values);
-            let why = m.explain(w, 3);
+            // Explained only above the threshold (most windows are not).
+            let why = if score > m.threshold {
+                m.explain(w, 3)
+            } else {
+                Vec::new()
+            };
             // The learned detector reports unusual activity: a window whose most deviant
             // feature is below the device's median (a quieter minute) is not an alert.
             let up = why.first().is_some_and(|(_, v, r, _)| v > r);
-            if score > m.threshold && up {
+            if up {
                 let text: Vec<String> = why
                     .iter()
                     .map(|(f, v, r, ratio)| {
