@@ -53,10 +53,29 @@ pub fn feature_index(name: &str) -> Option<usize> {
 }
 
 /// How a device is identified.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeviceId {
     Mac(Mac),
     Ip(IpAddr),
+}
+
+/// Hashed as one or two machine words (the derived `Hash` writes the variant, a length and each
+/// byte on their own; the device stage hashes an id several times per event).
+impl std::hash::Hash for DeviceId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self {
+            DeviceId::Mac(m) => {
+                let [a, b, c, d, e, f] = *m;
+                h.write_u64(u64::from_le_bytes([a, b, c, d, e, f, 0, 1]));
+            }
+            DeviceId::Ip(IpAddr::V4(v4)) => h.write_u64(u64::from(u32::from(*v4)) | 2 << 56),
+            DeviceId::Ip(IpAddr::V6(v6)) => {
+                let x = u128::from(*v6);
+                h.write_u64(x as u64);
+                h.write_u64((x >> 64) as u64);
+            }
+        }
+    }
 }
 
 impl std::fmt::Display for DeviceId {
