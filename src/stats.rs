@@ -100,6 +100,7 @@ impl Stats {
                     "routers": self.devices.routers,
                     "routers_evicted": self.devices.routers_evicted,
                     "windows": self.devices.windows,
+                    "window_overflow": self.devices.window_overflow,
                     "flow_log_overflow": self.devices.flow_log_overflow,
                 },
             }

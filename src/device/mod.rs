@@ -302,6 +302,9 @@ pub struct DeviceCounters {
     /// Routers forgotten because the router table was full (`max_devices` MACs).
     pub routers_evicted: u64,
     pub windows: u64,
+    /// Updates of a device's window not kept: the window already held `max_devices` devices
+    /// (an event makes one or two).
+    pub window_overflow: u64,
     /// Flow log rows not kept (over [`MAX_FLOW_LOG_ROWS`] in a device's window).
     pub flow_log_overflow: u64,
 }
@@ -325,6 +328,8 @@ pub struct Devices {
     home_cache: Box<[(Option<IpAddr>, bool); HOME_CACHE]>,
     /// Reused buffer for service names.
     scratch: String,
+    /// Where the activity of a device beyond a full window goes (see [`Devices::stats`]).
+    spill: WindowStats,
     pub counters: DeviceCounters,
 }
 
@@ -341,6 +346,7 @@ impl Devices {
             log_flows: false,
             home_cache: Box::new([(None, false); HOME_CACHE]),
             scratch: String::new(),
+            spill: WindowStats::default(),
             counters: DeviceCounters::default(),
         }
     }
@@ -502,15 +508,24 @@ impl Devices {
         }
     }
 
+    /// The activity of device `id` in `window`. A window holds at most `max_devices` devices;
+    /// beyond, the update is counted (`window_overflow`) and goes to a scratch entry that no
+    /// window keeps.
     fn stats(&mut self, window: Timestamp, id: DeviceId) -> &mut WindowStats {
         if self.first_window == Timestamp::ZERO {
             self.first_window = window.plus_secs(self.cfg.window_secs);
         }
-        self.windows
-            .entry(window)
-            .or_default()
-            .entry(id)
-            .or_default()
+        let devices = self.windows.entry(window).or_default();
+        let full = devices.len() >= self.cfg.max_devices;
+        match devices.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
+            hashbrown::hash_map::Entry::Vacant(v) if !full => v.insert(WindowStats::default()),
+            hashbrown::hash_map::Entry::Vacant(_) => {
+                self.counters.window_overflow += 1;
+                self.spill = WindowStats::default();
+                &mut self.spill
+            }
+        }
     }
 
     /// The flow log row of `m` in the window of `id` (None when the log is off or full).
@@ -922,6 +937,29 @@ mod tests {
 
     fn ip_id(n: u32) -> DeviceId {
         DeviceId::Ip(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)))
+    }
+
+    #[test]
+    fn a_window_holds_at_most_max_devices_devices() {
+        let mut settings = Settings::default();
+        settings.device.max_devices = 80;
+        let mut d = Devices::new(&settings);
+        let mut out = Vec::new();
+        // 200 devices in one window (10 s), then one event three windows later closes it.
+        for n in 0..200 {
+            d.on_event(&started(n, u64::from(n) / 20), &mut out);
+        }
+        assert_eq!(d.windows.values().map(|w| w.len()).sum::<usize>(), 80);
+        d.on_event(&started(0, 200), &mut out);
+        let first = Timestamp::from_secs(1_800_000_000 / 60 * 60);
+        let vectors = out
+            .iter()
+            .filter(|o| matches!(o, DeviceOutput::Window(w) if w.window == first))
+            .count();
+        assert_eq!(vectors, 80);
+        // The other 120 devices' flow starts were not counted in the window: two updates each
+        // (the flow count, then ports and peers).
+        assert_eq!(d.counters.window_overflow, 240);
     }
 
     #[test]

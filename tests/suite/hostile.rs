@@ -131,6 +131,9 @@ fn hostile_captures_are_survived_and_counted() {
     // router's own profile, dropped when it was found to be one, is in neither count).
     let held = n(&dev["devices"]) - n(&dev["evicted"]);
     assert!((1..=1000).contains(&held), "{st}");
+    // The capture lasts 0.2 s: one window, which keeps 1,000 devices and counts the rest.
+    assert_eq!(n(&dev["windows"]), 1000, "{st}");
+    assert!(n(&dev["window_overflow"]) >= 17_000, "{st}");
 
     // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
     // stream is not recognised as MQTT at all).
