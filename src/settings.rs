@@ -238,7 +238,8 @@ pub struct DeviceConfig {
     /// Devices tracked (and MACs tracked as routers, or as router candidates); when the device
     /// table is full, the eighth of it seen least recently is evicted. Default 10,000.
     pub max_devices: usize,
-    /// Peers (and services) remembered per device. Default 1,024.
+    /// Peers (and services) remembered per device; also where a device's count of distinct
+    /// peers in one window stops. Default 1,024.
     pub max_peers: usize,
     /// A MAC address seen with more source IPv4 addresses than this (or twice as many IPv6
     /// ones) is a router: the devices behind it are told apart by IP. Default 2.

@@ -22,7 +22,8 @@
 //! when it is big enough (`min_ports` on one host, or `min_targets` hosts).
 //!
 //! Bounds: at most `max_sources` sources, each remembering at most `max_contacts_per_source`
-//! first contacts; pending ARP/ICMP probes are capped too. Evictions are counted.
+//! first contacts and as many targets; pending ARP/ICMP probes are capped too. Evictions are
+//! counted.
 
 use super::rules::{RuleError, RuleSet};
 use super::{Finding, Kind};
@@ -679,6 +680,12 @@ impl ScanDetector {
             s.untracked += 1;
         }
         s.active = now;
+        if s.targets.len() >= cap && !s.targets.contains_key(&dst) {
+            // Beyond the per-source cap the probe is counted (attempts, untracked), not its
+            // target: a source's targets are capped like its first contacts.
+            self.remember(src);
+            return true;
+        }
         let t = s.targets.entry(dst).or_default();
         let cbit = 1u8 << (class as u8);
         if t.classes & cbit == 0 {
@@ -909,7 +916,10 @@ impl ScanDetector {
             f = f.with("zone_from", z);
         }
         if s.untracked > 0 {
-            f = f.with("contacts_not_remembered", s.untracked);
+            // Targets and contacts stop at the per-source cap: the figures above are floors.
+            f = f
+                .with("contacts_not_remembered", s.untracked)
+                .with("remembered_per_source", self.p.max_contacts_per_source);
         }
         if ongoing || s.reports > 0 {
             f = f.with("update", s.reports > 0).with("ongoing", ongoing);
@@ -1105,5 +1115,28 @@ mod tests {
         assert_eq!(f.evidence["ports"], 20);
         assert_eq!(f.evidence["failed"], 19);
         assert_eq!(f.evidence["targets"], 1);
+    }
+
+    #[test]
+    fn a_sources_targets_stop_at_its_cap_and_the_alert_says_so() {
+        let st = Settings::default();
+        let mut d = ScanDetector::new(&st, &rules_with("max_contacts_per_source = 100")).unwrap();
+        let mut out = Vec::new();
+        let scanner: IpAddr = "198.18.1.5".parse().unwrap();
+        // 300 hosts on port 23, none answering.
+        for n in 0..300u16 {
+            d.now = ts(u64::from(n / 10));
+            let target = IpAddr::from([198, 19, (n >> 8) as u8, n as u8]);
+            if d.contact(scanner, target, 23, ProbeType::Syn, d.now, &mut out) {
+                d.outcome(scanner, false);
+            }
+        }
+        assert_eq!(d.sources[&scanner].targets.len(), 100);
+        d.finish(&mut out);
+        let f = out.iter().find(|f| f.kind == Kind::HostScan).unwrap();
+        assert_eq!(f.evidence["targets"], 100);
+        assert_eq!(f.evidence["attempts"], 300);
+        assert_eq!(f.evidence["contacts_not_remembered"], 200);
+        assert_eq!(f.evidence["remembered_per_source"], 100);
     }
 }

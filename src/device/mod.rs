@@ -229,6 +229,15 @@ fn service_key(key: &mut String, proto: &str, port: u16) {
     key.push_str(itoa::Buffer::new().format(port));
 }
 
+/// Adds `ip` to a window's set of distinct peers unless it holds `cap` already: a device's count
+/// of distinct peers in one window stops at `max_peers` (a scanner's would grow with every
+/// address it tries).
+fn hold(set: &mut HashSet<IpAddr>, ip: IpAddr, cap: usize) {
+    if set.len() < cap {
+        set.insert(ip);
+    }
+}
+
 /// Entries of the home-network membership cache.
 const HOME_CACHE: usize = 256;
 
@@ -238,9 +247,9 @@ pub const MAX_FLOW_LOG_ROWS: usize = 65_536;
 
 /// One flow's part in one device's window, exactly as the window features counted it: the rows
 /// of the flow log (`flow_window` events under `--flows`). Per device and window, the sums of
-/// the additive features, the distinct `peer_ip` of started rows, the distinct `dest_port` of
-/// started TCP/UDP rows where the device is the initiator, and the first window of each
-/// (device, peer) give back [`WindowVector::values`] (see `analytics`).
+/// the additive features, the distinct `peer_ip` of started rows (up to `max_peers`), the
+/// distinct `dest_port` of started TCP/UDP rows where the device is the initiator, and the
+/// first window of each (device, peer) give back [`WindowVector::values`] (see `analytics`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FlowWindow {
     /// Start of the window.
@@ -638,19 +647,21 @@ impl Devices {
                     }
                     self.scratch = key;
                     self.start(w, a, m, true);
+                    let cap = self.cfg.max_peers;
                     let s = self.stats(w, a);
                     if m.proto == 6 || m.proto == 17 {
                         s.ports.insert(m.responder.port);
                     }
-                    s.peers.insert(m.responder.ip);
-                    s.out_peers.insert(m.responder.ip);
+                    hold(&mut s.peers, m.responder.ip, cap);
+                    hold(&mut s.out_peers, m.responder.ip, cap);
                 }
                 // A responder is a device only once it answers (a scan's targets that do not
                 // exist are not devices); flows towards a known device count as its flows_in.
                 if let Some(b) = b.filter(|b| self.profiles.contains_key(b)) {
                     self.start(w, b, m, false);
+                    let cap = self.cfg.max_peers;
                     let s = self.stats(w, b);
-                    s.peers.insert(m.initiator.ip);
+                    hold(&mut s.peers, m.initiator.ip, cap);
                 }
             }
             Emitted::Activity {
@@ -960,6 +971,32 @@ mod tests {
         // The other 120 devices' flow starts were not counted in the window: two updates each
         // (the flow count, then ports and peers).
         assert_eq!(d.counters.window_overflow, 240);
+    }
+
+    #[test]
+    fn a_devices_distinct_peers_in_a_window_stop_at_max_peers() {
+        let mut settings = Settings::default();
+        settings.device.max_peers = 10;
+        let mut d = Devices::new(&settings);
+        let mut out = Vec::new();
+        // Device 1 opens flows to 50 hosts in one window.
+        for n in 0..50u8 {
+            let mut e = started(1, 1);
+            if let Emitted::Started(m) = &mut e {
+                m.responder.ip = IpAddr::from([203, 0, 113, n]);
+            }
+            d.on_event(&e, &mut out);
+        }
+        d.on_event(&started(1, 200), &mut out);
+        let w = out
+            .iter()
+            .find_map(|o| match o {
+                DeviceOutput::Window(w) if w.device == ip_id(1) => Some(w),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(w.values[4], 50.0, "flows out");
+        assert_eq!(w.values[7], 10.0, "distinct peers");
     }
 
     #[test]
