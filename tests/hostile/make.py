@@ -13,6 +13,8 @@ Captures (packet counts at small / full scale):
   home_flood      SYNs from random spoofed sources inside the home network 198.18.0.0/15,
                   through one MAC (a router to the sensor): each source a new device
                   (20,000 / 300,000 flows)
+  scan_out        one home device (198.18.1.5) sending SYNs to random addresses on port 23, as
+                  a Mirai-infected camera does, none answered (20,000 / 3,000,000 flows)
   mqtt_huge       MQTT CONNECTs claiming a 256 MB remaining length, then megabytes of filler; and
                   a CONNECT with an invalid (5-byte) remaining length
   http_headers    an HTTP request with a 1 MB header line, and one with 1 MB of small headers
@@ -136,6 +138,18 @@ def home_flood(path, full):
         src = struct.pack(">I", 0xC6120000 | rnd.getrandbits(17))
         seg = tcp(rnd.randrange(1024, 65536), 80, rnd.getrandbits(32), 0, SYN)
         p.frame(eth(ipv4(src, server, 6, seg, ident=i & 0xFFFF), rev=True), 10)
+    return p.close()
+
+
+def scan_out(path, full):
+    n = 3_000_000 if full else 20_000
+    rnd = random.Random(4)
+    p = Pcap(path)
+    src = ip4("198.18.1.5")
+    for i in range(n):
+        dst = struct.pack(">I", rnd.getrandbits(32) | 0x01000000)
+        seg = tcp(rnd.randrange(1024, 65536), 23, rnd.getrandbits(32), 0, SYN)
+        p.frame(eth(ipv4(src, dst, 6, seg, ident=i & 0xFFFF)), 10)
     return p.close()
 
 
@@ -266,6 +280,7 @@ def tiny_fragments(path, full):
 ALL = {
     "syn_flood": syn_flood,
     "home_flood": home_flood,
+    "scan_out": scan_out,
     "mqtt_huge": mqtt_huge,
     "http_headers": http_headers,
     "telnet_iac": telnet_iac,

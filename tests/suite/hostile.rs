@@ -135,6 +135,26 @@ fn hostile_captures_are_survived_and_counted() {
     assert_eq!(n(&dev["windows"]), 1000, "{st}");
     assert!(n(&dev["window_overflow"]) >= 17_000, "{st}");
 
+    // One home device probing 20,000 random addresses on port 23: one host scan, whose targets
+    // stop at the source's cap (16,384 first contacts, rules/30-scan.toml's default) and say so.
+    let (st, alerts) = replay(&dir, "scan_out", &config);
+    assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
+    let scans: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["alert"]["kind"] == "host_scan")
+        .collect();
+    assert!(!scans.is_empty(), "{alerts:?}");
+    let last = &scans[scans.len() - 1]["evidence"];
+    assert_eq!(n(&last["targets"]), 16_384, "{last}");
+    assert_eq!(n(&last["remembered_per_source"]), 16_384, "{last}");
+    // Every probe the report covers is a remembered target or counted as not remembered.
+    assert_eq!(
+        n(&last["attempts"]),
+        16_384 + n(&last["contacts_not_remembered"]),
+        "{last}"
+    );
+    assert!(n(&last["contacts_not_remembered"]) >= 2_000, "{last}");
+
     // MQTT remaining lengths of 256 MB (in a CONNECT, in a PUBLISH), and an endless one (whose
     // stream is not recognised as MQTT at all).
     let (st, alerts) = replay(&dir, "mqtt_huge", &config);
