@@ -946,15 +946,20 @@ mod tests {
         })
     }
 
+    /// A device stage with the default settings but for `set`'s changes to `[device]`.
+    fn devices(set: impl FnOnce(&mut crate::settings::DeviceConfig)) -> Devices {
+        let mut settings = Settings::default();
+        set(&mut settings.device);
+        Devices::new(&settings)
+    }
+
     fn ip_id(n: u32) -> DeviceId {
         DeviceId::Ip(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)))
     }
 
     #[test]
     fn a_window_holds_at_most_max_devices_devices() {
-        let mut settings = Settings::default();
-        settings.device.max_devices = 80;
-        let mut d = Devices::new(&settings);
+        let mut d = devices(|c| c.max_devices = 80);
         let mut out = Vec::new();
         // 200 devices in one window (10 s), then one event three windows later closes it.
         for n in 0..200 {
@@ -975,9 +980,7 @@ mod tests {
 
     #[test]
     fn a_devices_distinct_peers_in_a_window_stop_at_max_peers() {
-        let mut settings = Settings::default();
-        settings.device.max_peers = 10;
-        let mut d = Devices::new(&settings);
+        let mut d = devices(|c| c.max_peers = 10);
         let mut out = Vec::new();
         // Device 1 opens flows to 50 hosts in one window.
         for n in 0..50u8 {
@@ -1001,9 +1004,7 @@ mod tests {
 
     #[test]
     fn the_router_table_is_capped_too() {
-        let mut settings = Settings::default();
-        settings.device.max_devices = 4;
-        let mut d = Devices::new(&settings);
+        let mut d = devices(|c| c.max_devices = 4);
         let mut out = Vec::new();
         // 10 MACs, each carrying 3 source addresses (more than max_router_ips = 2): routers.
         for mac in 0..10u8 {
@@ -1026,9 +1027,7 @@ mod tests {
 
     #[test]
     fn a_full_device_table_drops_the_devices_seen_least_recently() {
-        let mut settings = Settings::default();
-        settings.device.max_devices = 80;
-        let mut d = Devices::new(&settings);
+        let mut d = devices(|c| c.max_devices = 80);
         let mut out = Vec::new();
         // 200 devices, one a second; device 0 is seen again every second, so it stays.
         for n in 0..200 {

@@ -116,41 +116,44 @@ class Session:
         self.pkt(True, ACK)
 
 
-def syn_flood(path, full, n=None):
-    n = n or (2_000_000 if full else 20_000)
-    rnd = random.Random(1)
+def syns(path, n, seed, pick, rev):
+    """n SYNs, never answered; pick(rnd, i) gives the i-th (source, destination, port)."""
+    rnd = random.Random(seed)
     p = Pcap(path)
+    for i in range(n):
+        src, dst, dport = pick(rnd, i)
+        seg = tcp(rnd.randrange(1024, 65536), dport, rnd.getrandbits(32), 0, SYN)
+        p.frame(eth(ipv4(src, dst, 6, seg, ident=i & 0xFFFF), rev=rev), 10)
+    return p.close()
+
+
+def syn_flood(path, full, n=None):
     servers = [ip4("198.18.1.10"), ip4("198.18.1.11"), ip4("198.18.1.12")]
     ports = [23, 80, 1883]
-    for i in range(n):
+
+    def pick(rnd, i):
         src = struct.pack(">I", rnd.getrandbits(32) | 0x01000000)
-        seg = tcp(rnd.randrange(1024, 65536), ports[i % 3], rnd.getrandbits(32), 0, SYN)
-        p.frame(eth(ipv4(src, servers[i % 3], 6, seg, ident=i & 0xFFFF), rev=True), 10)
-    return p.close()
+        return src, servers[i % 3], ports[i % 3]
+
+    return syns(path, n or (2_000_000 if full else 20_000), 1, pick, True)
 
 
 def home_flood(path, full):
-    n = 300_000 if full else 20_000
-    rnd = random.Random(2)
-    p = Pcap(path)
     server = ip4("198.18.1.10")
-    for i in range(n):
-        src = struct.pack(">I", 0xC6120000 | rnd.getrandbits(17))
-        seg = tcp(rnd.randrange(1024, 65536), 80, rnd.getrandbits(32), 0, SYN)
-        p.frame(eth(ipv4(src, server, 6, seg, ident=i & 0xFFFF), rev=True), 10)
-    return p.close()
+
+    def pick(rnd, _):
+        return struct.pack(">I", 0xC6120000 | rnd.getrandbits(17)), server, 80
+
+    return syns(path, 300_000 if full else 20_000, 2, pick, True)
 
 
 def scan_out(path, full):
-    n = 3_000_000 if full else 20_000
-    rnd = random.Random(4)
-    p = Pcap(path)
     src = ip4("198.18.1.5")
-    for i in range(n):
-        dst = struct.pack(">I", rnd.getrandbits(32) | 0x01000000)
-        seg = tcp(rnd.randrange(1024, 65536), 23, rnd.getrandbits(32), 0, SYN)
-        p.frame(eth(ipv4(src, dst, 6, seg, ident=i & 0xFFFF)), 10)
-    return p.close()
+
+    def pick(rnd, _):
+        return src, struct.pack(">I", rnd.getrandbits(32) | 0x01000000), 23
+
+    return syns(path, 3_000_000 if full else 20_000, 4, pick, False)
 
 
 def mqtt_remaining_length(n):
