@@ -56,9 +56,9 @@ impl Analysis {
             .unwrap_or_default();
         let learner = match learning {
             Learning::Frozen => None,
-            Learning::Online { .. } => Some(Learner::new(settings.device.max_peers)),
+            Learning::Online { .. } => Some(Learner::new(&settings.device)),
             Learning::Collect => {
-                let mut l = Learner::new(settings.device.max_peers);
+                let mut l = Learner::new(&settings.device);
                 l.kept = Some(Vec::new());
                 Some(l)
             }
@@ -167,10 +167,11 @@ impl Analysis {
         ) {
             Ok((m, _)) => {
                 self.notes.push(format!(
-                    "learning done at {}: {} devices, {} windows; baselines frozen, k-means model trained",
+                    "learning done at {}: {} devices, {} windows ({} of devices beyond device.max_devices: model only); baselines frozen, k-means model trained",
                     at.rfc3339(),
                     self.baselines.devices.len(),
-                    l.all.len()
+                    l.all.len(),
+                    l.devices_skipped
                 ));
                 self.model = Some(m);
             }

@@ -311,10 +311,10 @@ pub fn window_features(lf: LazyFrame) -> Result<FlowLogWindows, AnalyticsError> 
 /// A learner fed from a flow log, as `tapwatch train` feeds it from captures.
 pub fn learner_from_flow_log(
     paths: &[PathBuf],
-    max_peers: usize,
+    cfg: &crate::settings::DeviceConfig,
 ) -> Result<(Learner, FlowLogWindows), AnalyticsError> {
     let f = window_features(scan_flow_log(paths)?)?;
-    let mut l = Learner::new(max_peers);
+    let mut l = Learner::new(cfg);
     for w in f.windows.iter().filter(|w| !w.partial) {
         l.observe(w, None);
     }

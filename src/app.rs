@@ -998,6 +998,12 @@ pub fn train(
         scores.len(),
         a.output.display()
     );
+    if learner.devices_skipped > 0 {
+        eprintln!(
+            "tapwatch: {} windows of devices beyond device.max_devices ({}) trained the model but made no baseline",
+            learner.devices_skipped, settings.device.max_devices
+        );
+    }
     Ok(g.outcome)
 }
 
@@ -1036,7 +1042,7 @@ pub fn gather(
 
 #[cfg(feature = "analytics")]
 fn gather_flow_log(settings: &Settings, files: &[PathBuf]) -> Result<Gathered, AppError> {
-    let (learner, f) = crate::analytics::learner_from_flow_log(files, settings.device.max_peers)
+    let (learner, f) = crate::analytics::learner_from_flow_log(files, &settings.device)
         .map_err(|e| AppError::Usage(e.to_string()))?;
     if f.window_secs != settings.device.window_secs {
         return Err(AppError::Usage(format!(

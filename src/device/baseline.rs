@@ -94,6 +94,33 @@ struct Samples {
     ips: BTreeSet<IpAddr>,
 }
 
+impl Samples {
+    /// Peers, services and addresses of the device, each set up to `max` entries.
+    fn add_facts(
+        &mut self,
+        max: usize,
+        peers: impl IntoIterator<Item = IpAddr>,
+        services: impl IntoIterator<Item = String>,
+        ips: impl IntoIterator<Item = IpAddr>,
+    ) {
+        for peer in peers {
+            if self.peers.len() < max {
+                self.peers.insert(peer);
+            }
+        }
+        for svc in services {
+            if self.services.len() < max {
+                self.services.insert(svc);
+            }
+        }
+        for ip in ips {
+            if self.ips.len() < max {
+                self.ips.insert(ip);
+            }
+        }
+    }
+}
+
 /// Gathers window vectors while learning.
 #[derive(Default)]
 pub struct Learner {
@@ -101,16 +128,32 @@ pub struct Learner {
     /// All windows, for the learned model.
     pub all: Vec<[f64; N_FEATURES]>,
     pub seen: u64,
+    /// Peers, services and addresses learned per device.
     max_peers: usize,
+    /// Devices learned (`device.max_devices`); later ones only feed `all`.
+    max_devices: usize,
+    /// Windows of devices beyond `max_devices`, learned for the model but not as baselines.
+    pub devices_skipped: u64,
     /// Every window vector, when kept (evaluation), bounded.
     pub kept: Option<Vec<WindowVector>>,
 }
 
 impl Learner {
-    pub fn new(max_peers: usize) -> Self {
+    pub fn new(cfg: &crate::settings::DeviceConfig) -> Self {
         Learner {
-            max_peers,
+            max_peers: cfg.max_peers,
+            max_devices: cfg.max_devices,
             ..Default::default()
+        }
+    }
+
+    /// The samples of `id`, made if the learner has room for another device.
+    fn samples(&mut self, id: DeviceId) -> Option<&mut Samples> {
+        let full = self.per_device.len() >= self.max_devices;
+        match self.per_device.entry(id) {
+            hashbrown::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
+            hashbrown::hash_map::Entry::Vacant(v) if !full => Some(v.insert(Samples::default())),
+            hashbrown::hash_map::Entry::Vacant(_) => None,
         }
     }
 
@@ -129,23 +172,22 @@ impl Learner {
             let i = (self.seen as usize / 7) % MAX_TRAINING_WINDOWS;
             self.all[i] = w.values;
         }
-        let s = self.per_device.entry(w.device).or_default();
+        let max_peers = self.max_peers;
+        let Some(s) = self.samples(w.device) else {
+            self.devices_skipped += 1;
+            return;
+        };
         s.seen += 1;
         if s.windows.len() < MAX_WINDOWS_PER_DEVICE {
             s.windows.push(w.values);
         }
         if let Some(p) = profile {
-            for peer in &p.peers.items {
-                if s.peers.len() < self.max_peers {
-                    s.peers.insert(*peer);
-                }
-            }
-            for svc in &p.services_offered.items {
-                s.services.insert(svc.clone());
-            }
-            for ip in &p.ips.items {
-                s.ips.insert(*ip);
-            }
+            s.add_facts(
+                max_peers,
+                p.peers.items.iter().copied(),
+                p.services_offered.items.iter().cloned(),
+                p.ips.items.iter().copied(),
+            );
         }
     }
 
@@ -158,14 +200,10 @@ impl Learner {
         services: impl IntoIterator<Item = String>,
         ips: impl IntoIterator<Item = IpAddr>,
     ) {
-        let s = self.per_device.entry(id).or_default();
-        for peer in peers {
-            if s.peers.len() < self.max_peers {
-                s.peers.insert(peer);
-            }
+        let max_peers = self.max_peers;
+        if let Some(s) = self.samples(id) {
+            s.add_facts(max_peers, peers, services, ips);
         }
-        s.services.extend(services);
-        s.ips.extend(ips);
     }
 
     /// Freezes what was learned.
@@ -212,5 +250,42 @@ mod tests {
         assert_eq!(median_mad(&[1.0, 2.0, 3.0, 4.0, 100.0]), (3.0, 1.0));
         assert_eq!(median_mad(&[]), (0.0, 0.0));
         assert_eq!(median_mad(&[5.0, 5.0]), (5.0, 0.0));
+    }
+
+    #[test]
+    fn the_learner_keeps_baselines_for_max_devices_devices() {
+        let cfg = crate::settings::DeviceConfig {
+            max_devices: 3,
+            max_peers: 2,
+            ..Default::default()
+        };
+        let mut l = Learner::new(&cfg);
+        for n in 0..5u8 {
+            let ip = IpAddr::from([198, 18, 0, n]);
+            for t in 0..4u64 {
+                l.observe(
+                    &WindowVector {
+                        device: DeviceId::Ip(ip),
+                        window: crate::time::Timestamp::from_secs(60 * t),
+                        values: [f64::from(n); N_FEATURES],
+                        new_peers: Vec::new(),
+                        ip: Some(ip),
+                        partial: false,
+                    },
+                    None,
+                );
+            }
+            let peers = (0..5u8).map(|p| IpAddr::from([198, 19, 0, p]));
+            l.add_facts(DeviceId::Ip(ip), peers, ["tcp/1883 mqtt".to_string()], [ip]);
+        }
+        // Every window trains the model; three devices get a baseline, with two peers each.
+        assert_eq!(l.all.len(), 20);
+        assert_eq!(l.devices_skipped, 8);
+        let b = l.build();
+        assert_eq!(b.devices.len(), 3);
+        assert!(b
+            .devices
+            .iter()
+            .all(|d| d.peers.len() == 2 && d.windows == 4));
     }
 }
