@@ -235,8 +235,9 @@ pub struct AlertConfig {
 pub struct DeviceConfig {
     /// Baseline window (seconds of packet time). Default 60.
     pub window_secs: u64,
-    /// Devices tracked (and MACs tracked as routers, or as router candidates); when the device
-    /// table is full, the eighth of it seen least recently is evicted. Default 10,000.
+    /// Devices tracked (and MACs tracked as routers, or as router candidates; devices counted
+    /// in one window; devices given a baseline while learning); when the device table is full,
+    /// the eighth of it seen least recently is evicted. Default 10,000.
     pub max_devices: usize,
     /// Peers (and services) remembered per device; also where a device's count of distinct
     /// peers in one window stops. Default 1,024.
