@@ -73,9 +73,7 @@ impl Suppressor {
             suppressed_before: 0,
         }
     }
-}
 
-impl Suppressor {
     /// The table is full: drops the entries whose window has passed, and when that frees less
     /// than an eighth of it (a burst of distinct findings larger than the cap: better to alert
     /// again than to grow), the eighth whose windows end soonest (ties by key, so replays drop
@@ -95,9 +93,9 @@ impl Suppressor {
             if n > 0 && n < ends.len() {
                 ends.select_nth_unstable(n - 1);
             }
-            let drop: Vec<(u32, String)> =
+            let gone: Vec<(u32, String)> =
                 ends.into_iter().take(n).map(|(_, k)| k.clone()).collect();
-            for k in drop {
+            for k in gone {
                 self.seen.remove(&k);
             }
         }
