@@ -632,6 +632,8 @@ pub struct ReplayReport {
     pub first_ts: Option<Timestamp>,
     pub last_ts: Timestamp,
     pub workers: usize,
+    /// CPU time per thread (with workers; one worker runs on one thread).
+    pub cpu: Option<crate::stats::ThreadCpu>,
 }
 
 /// What a replay's input loop reports.
@@ -786,6 +788,7 @@ pub fn replay(
         last_ts,
         workers: 1,
         analysis: engine.back.analysis,
+        cpu: None,
     })
 }
 
@@ -832,6 +835,23 @@ pub fn bench_report(r: &ReplayReport) -> String {
             per(t.decode),
             per(t.flow),
             per(t.analysis)
+        );
+    }
+    if let Some(c) = &r.cpu {
+        // Which thread bounds the run: the back end is one thread whatever the worker count.
+        let busy = |d: Duration| 100.0 * d.as_secs_f64() / secs;
+        let workers: Vec<String> = c
+            .workers
+            .iter()
+            .map(|w| format!("{:.2} ({:.0} %)", w.as_secs_f64(), busy(*w)))
+            .collect();
+        s += &format!(
+            "cpu (s)      reader {:.2} ({:.0} %), workers {}, back end {:.2} ({:.0} %)\n",
+            c.reader.as_secs_f64(),
+            busy(c.reader),
+            workers.join(" "),
+            c.back.as_secs_f64(),
+            busy(c.back)
         );
     }
     if let Some(rss) = crate::stats::peak_rss_bytes() {

@@ -23,7 +23,8 @@ pub enum Command {
     Live(LiveArgs),
     /// Validate the config, the rules and the model, then exit (non-zero on any problem).
     Check(CheckArgs),
-    /// Replay a capture with output discarded and report packets/s, Gbit/s and time per stage.
+    /// Replay a capture with output discarded and report packets/s, Gbit/s, time per stage (one
+    /// worker) or CPU time per thread (several) and peak RSS.
     Bench(BenchArgs),
     /// Learn per-device baselines and the outlier model from normal traffic; write a model file.
     Train(TrainArgs),

@@ -18,12 +18,13 @@ use crate::capture::{prefetch, RawFrame};
 use crate::decode::{shard_hash, shard_of};
 use crate::detect::rules::RuleSet;
 use crate::settings::Settings;
+use crate::stats::ThreadCpu;
 use crate::time::Timestamp;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How many frames ahead a worker asks for a frame's bytes.
 const PREFETCH_AHEAD: usize = 4;
@@ -156,13 +157,17 @@ impl Piece {
 struct WorkerEnd {
     counters: WorkerCounters,
     now: Timestamp,
+    /// The worker thread's CPU time.
+    cpu: Option<Duration>,
 }
 
 impl WorkerEnd {
+    /// Called on the worker's thread, at its end.
     fn of(w: &Worker) -> WorkerEnd {
         WorkerEnd {
             counters: w.counters(),
             now: w.now(),
+            cpu: crate::stats::thread_cpu(),
         }
     }
 }
@@ -560,6 +565,8 @@ pub struct ParallelEnd {
     pub counters: WorkerCounters,
     pub first_ts: Option<Timestamp>,
     pub now: Timestamp,
+    /// CPU time per thread, where the system tells it.
+    pub cpu: Option<ThreadCpu>,
 }
 
 /// Runs `n` workers and the back end while `feed` hands frames to the reader side (in the
@@ -588,7 +595,7 @@ pub fn run_parallel(
     let shard = &shard_settings(settings, n);
     let stats = stats_interval > 0;
     let read: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
-    let (input, ends, back, first_ts) = std::thread::scope(|scope| {
+    let (input, ends, back, first_ts, reader_cpu) = std::thread::scope(|scope| {
         let workers: Vec<_> = receivers
             .into_iter()
             .zip(spare_rx)
@@ -656,18 +663,22 @@ pub fn run_parallel(
             }
             m.watermark.iter_mut().for_each(|w| *w = u64::MAX);
             m.pump(&mut back);
-            back
+            (back, crate::stats::thread_cpu())
         });
+        let reader_start = crate::stats::thread_cpu();
         let mut reader = Reader::new(senders, recycled, Arc::clone(&read), Arc::clone(&closed));
         let input = feed(&mut reader);
         reader.flush_all(None);
         let first_ts = reader.first_ts;
         drop(reader);
+        let reader_cpu = crate::stats::thread_cpu()
+            .zip(reader_start)
+            .map(|(end, start)| end.saturating_sub(start));
         let ends: Vec<WorkerEnd> = workers.into_iter().filter_map(|h| h.join().ok()).collect();
         let back = back_thread.join();
-        (input, ends, back, first_ts)
+        (input, ends, back, first_ts, reader_cpu)
     });
-    let Ok(mut back) = back else {
+    let Ok((mut back, back_cpu)) = back else {
         return Err(AppError::Runtime("the analysis thread failed".into()));
     };
     if ends.len() != n {
@@ -680,12 +691,22 @@ pub fn run_parallel(
         counters.merge(&e.counters);
         now = now.max(e.now);
     }
+    let workers_cpu: Option<Vec<Duration>> = ends.iter().map(|e| e.cpu).collect();
+    let cpu = match (reader_cpu, workers_cpu, back_cpu) {
+        (Some(reader), Some(workers), Some(back)) => Some(ThreadCpu {
+            reader,
+            workers,
+            back,
+        }),
+        _ => None,
+    };
     Ok(ParallelEnd {
         input,
         back,
         counters,
         first_ts,
         now,
+        cpu,
     })
 }
 
@@ -719,6 +740,7 @@ pub fn replay_parallel(
         last_ts: end.now,
         workers: opts.workers.max(1),
         analysis: back.analysis,
+        cpu: end.cpu,
     })
 }
 

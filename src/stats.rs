@@ -152,3 +152,21 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// CPU time the calling thread has run so far (Linux: the first field of
+/// `/proc/thread-self/schedstat`, in nanoseconds), if known.
+pub fn thread_cpu() -> Option<std::time::Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = s.split_whitespace().next()?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(ns))
+}
+
+/// CPU time of each thread of a run with workers (`tapwatch bench`): where the time went.
+#[derive(Clone, Debug)]
+pub struct ThreadCpu {
+    /// The reader (the calling thread, from the start of the run).
+    pub reader: std::time::Duration,
+    pub workers: Vec<std::time::Duration>,
+    /// The back end: devices, detectors, alert policy, output.
+    pub back: std::time::Duration,
+}

@@ -178,6 +178,14 @@ fn bench_reports_rates() {
         s.contains("packets      8516") && s.contains("workers      2"),
         "{s}"
     );
+    // With workers, each thread's CPU time (where Linux tells it).
+    if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+        let line = s.lines().find(|l| l.starts_with("cpu (s)")).unwrap_or("");
+        for k in ["reader", "workers", "back end", "%"] {
+            assert!(line.contains(k), "{k} missing in {s}");
+        }
+        assert_eq!(line.matches('%').count(), 4, "{s}");
+    }
     // Time per stage is measured with one worker.
     let o = run(&["bench", "--workers", "1", f]);
     assert!(o.status.success(), "{}", stderr(&o));
