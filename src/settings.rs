@@ -424,12 +424,18 @@ impl Settings {
             max_peers: raw.device.max_peers.unwrap_or(dd.max_peers),
             max_router_ips: raw.device.max_router_ips.unwrap_or(dd.max_router_ips),
         };
-        if st.device.window_secs == 0 {
-            return Err(ConfigError {
-                file: file.into(),
-                line: line_of(text, text.find("window_secs").unwrap_or(0)),
-                reason: "device.window_secs must be at least 1".into(),
-            });
+        for (key, v) in [
+            ("window_secs", st.device.window_secs),
+            ("max_devices", st.device.max_devices as u64),
+            ("max_peers", st.device.max_peers as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError {
+                    file: file.into(),
+                    line: line_of(text, text.find(key).unwrap_or(0)),
+                    reason: format!("device.{key} must be at least 1"),
+                });
+            }
         }
         if let Some(s) = raw.alert.default_suppress_secs {
             st.alert.default_suppress_secs = s;
@@ -537,5 +543,16 @@ mod tests {
         assert!(e.reason.contains("max_flowz"));
         let e = Settings::from_toml("t.toml", "[flow]\nmax_flows = 0\n").unwrap_err();
         assert_eq!(e.line, 2);
+        // A cap of 0 would be no cap at all for the device tables.
+        for key in ["window_secs", "max_devices", "max_peers"] {
+            let text = format!("# caps\n[device]\n{key} = 0\n");
+            let e = Settings::from_toml("t.toml", &text).unwrap_err();
+            assert!(
+                e.reason
+                    .contains(&format!("device.{key} must be at least 1")),
+                "{e}"
+            );
+            assert_eq!(e.line, 3, "{key}");
+        }
     }
 }
