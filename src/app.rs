@@ -839,19 +839,16 @@ pub fn bench_report(r: &ReplayReport) -> String {
     }
     if let Some(c) = &r.cpu {
         // Which thread bounds the run: the back end is one thread whatever the worker count.
-        let busy = |d: Duration| 100.0 * d.as_secs_f64() / secs;
-        let workers: Vec<String> = c
-            .workers
-            .iter()
-            .map(|w| format!("{:.2} ({:.0} %)", w.as_secs_f64(), busy(*w)))
-            .collect();
+        let share = |d: &Duration| {
+            let t = d.as_secs_f64();
+            format!("{t:.2} ({:.0} %)", 100.0 * t / secs)
+        };
+        let workers: Vec<String> = c.workers.iter().map(share).collect();
         s += &format!(
-            "cpu (s)      reader {:.2} ({:.0} %), workers {}, back end {:.2} ({:.0} %)\n",
-            c.reader.as_secs_f64(),
-            busy(c.reader),
+            "cpu (s)      reader {}, workers {}, back end {}\n",
+            share(&c.reader),
             workers.join(" "),
-            c.back.as_secs_f64(),
-            busy(c.back)
+            share(&c.back)
         );
     }
     if let Some(rss) = crate::stats::peak_rss_bytes() {

@@ -504,11 +504,12 @@ impl LateralDetector {
         })
     }
 
-    fn service(&self, m: &FlowMeta) -> Option<String> {
+    /// The admin service a TCP flow's server port is, if any.
+    fn service(&self, m: &FlowMeta) -> Option<&str> {
         if m.proto != 6 {
             return None;
         }
-        self.admin.get(&m.responder.port).cloned()
+        self.admin.get(&m.responder.port).map(String::as_str)
     }
 
     fn on_start(&mut self, m: &FlowMeta, out: &mut Vec<Finding>) {
@@ -522,7 +523,7 @@ impl LateralDetector {
         if matches!(m.proto, 6 | 17) && ip < 1024 && rp >= 1024 {
             return;
         }
-        let service = self.service(m);
+        let admin = self.service(m).is_some();
         // Zones only matter to a segmentation policy (looked up only when there is one).
         let zones = if self.st.segmentation.is_empty() {
             None
@@ -537,7 +538,7 @@ impl LateralDetector {
             if self.st.segmentation_allows(a, b, m.proto, rp) {
                 return; // the policy decides, and allows
             }
-            if service.is_none() {
+            if !admin {
                 if self.policy_on {
                     out.push(self.policy_finding(m, a, b));
                 }
@@ -553,7 +554,7 @@ impl LateralDetector {
         // port is recognised by content), between two home addresses.
         let track = denied
             || (m.proto == 6
-                && (service.is_some() || open_pair || !talked)
+                && (admin || open_pair || !talked)
                 && self.st.is_home(s)
                 && self.st.is_home(d));
         if !track {
@@ -616,7 +617,7 @@ impl LateralDetector {
         if last_slice {
             self.flows.remove(&m.id);
         }
-        let service = self.service(m).or_else(|| {
+        let service = self.service(m).map(str::to_string).or_else(|| {
             (!ev.interfaces.is_empty() || ev.dialects.contains("dcerpc")).then(|| "dcerpc".into())
         });
         let now = self.now;

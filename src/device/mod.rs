@@ -232,7 +232,7 @@ fn service_key(key: &mut String, proto: &str, port: u16) {
 /// Adds `ip` to a window's set of distinct peers unless it holds `cap` already: a device's count
 /// of distinct peers in one window stops at `max_peers` (a scanner's would grow with every
 /// address it tries).
-fn hold(set: &mut HashSet<IpAddr>, ip: IpAddr, cap: usize) {
+fn add_peer(set: &mut HashSet<IpAddr>, ip: IpAddr, cap: usize) {
     if set.len() < cap {
         set.insert(ip);
     }
@@ -660,15 +660,15 @@ impl Devices {
                     if m.proto == 6 || m.proto == 17 {
                         s.ports.insert(m.responder.port);
                     }
-                    hold(&mut s.peers, m.responder.ip, cap);
-                    hold(&mut s.out_peers, m.responder.ip, cap);
+                    add_peer(&mut s.peers, m.responder.ip, cap);
+                    add_peer(&mut s.out_peers, m.responder.ip, cap);
                 }
                 // A responder is a device only once it answers (a scan's targets that do not
                 // exist are not devices); flows towards a known device count as its flows_in.
                 if let Some(b) = b.filter(|b| self.profiles.contains_key(b)) {
                     let cap = self.cfg.max_peers;
                     let s = self.start(w, b, m, false);
-                    hold(&mut s.peers, m.initiator.ip, cap);
+                    add_peer(&mut s.peers, m.initiator.ip, cap);
                 }
             }
             Emitted::Activity {
@@ -1040,6 +1040,11 @@ mod tests {
             d.on_event(&started(n, u64::from(n)), &mut out);
             d.on_event(&started(0, u64::from(n)), &mut out);
             assert!(d.profiles.len() <= 80);
+            if n == 80 {
+                // The 81st device found the table full: ten went at once to make room.
+                assert_eq!(d.profiles.len(), 71);
+                assert_eq!(d.counters.evicted, 10);
+            }
         }
         let created = out
             .iter()

@@ -195,20 +195,29 @@ struct Entry<H> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct TableKey(FlowKey);
 
-/// True when `e` is the live flow of canonical key `key`: the key is not stored in the index,
-/// it is read back from the entry's record (its `lo` end is the initiator or the responder).
-fn is_flow<H>(e: &Entry<H>, key: &FlowKey) -> bool {
-    let m = &e.rec.meta;
-    let (lo, hi) = if e.init_is_lo {
-        (&m.initiator, &m.responder)
-    } else {
-        (&m.responder, &m.initiator)
-    };
-    m.proto == key.proto
-        && *lo == key.lo
-        && *hi == key.hi
-        && m.vlan == key.vlan
-        && m.vni.unwrap_or(0) == key.vni
+impl<H> Entry<H> {
+    /// The flow's canonical key, read back from its record (its `lo` end is the initiator or
+    /// the responder): the index does not store keys.
+    fn key(&self) -> FlowKey {
+        let m = &self.rec.meta;
+        let (lo, hi) = if self.init_is_lo {
+            (m.initiator, m.responder)
+        } else {
+            (m.responder, m.initiator)
+        };
+        FlowKey {
+            lo,
+            hi,
+            proto: m.proto,
+            vlan: m.vlan,
+            vni: m.vni.unwrap_or(0),
+        }
+    }
+}
+
+/// The index's hash of a flow key.
+fn index_hash(hasher: &foldhash::fast::RandomState, key: FlowKey) -> u64 {
+    hasher.hash_one(TableKey(key))
 }
 
 impl std::hash::Hash for TableKey {
@@ -513,10 +522,10 @@ impl<H: StreamHandler> FlowTable<H> {
         };
         let proto = l4.proto();
         let (key, src_is_lo) = FlowKey::new(src, dst, proto, p.vlan, p.vni);
-        let hash = self.hasher.hash_one(TableKey(key));
+        let hash = index_hash(&self.hasher, key);
         let slab = &self.slab;
         let found = self.index.find(hash, |&i| {
-            slab.get(i as usize).is_some_and(|e| is_flow(e, &key))
+            slab.get(i as usize).is_some_and(|e| e.key() == key)
         });
         let idx = match found {
             Some(&i) => i,
@@ -737,7 +746,7 @@ impl<H: StreamHandler> FlowTable<H> {
         let (slab, hasher) = (&self.slab, &self.hasher);
         self.index.insert_unique(hash, idx, |&i| {
             slab.get(i as usize)
-                .map_or(0, |e| hasher.hash_one(TableKey(e.rec.meta.key())))
+                .map_or(0, |e| index_hash(hasher, e.key()))
         });
         self.counters.peak_active = self.counters.peak_active.max(self.index.len() as u64);
         self.push_front(idx);
@@ -824,7 +833,7 @@ impl<H: StreamHandler> FlowTable<H> {
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
         e.rec.synack_seen = e.synack;
         e.streams = [Stream::default(), Stream::default()];
-        let key = e.rec.meta.key();
+        let key = e.key();
         let mut rec = e.rec;
         if swapped {
             rec.meta = rec.meta.swapped();
@@ -833,7 +842,7 @@ impl<H: StreamHandler> FlowTable<H> {
         }
         if let Ok(found) = self
             .index
-            .find_entry(self.hasher.hash_one(TableKey(key)), |&i| i == idx)
+            .find_entry(index_hash(&self.hasher, key), |&i| i == idx)
         {
             found.remove();
         }

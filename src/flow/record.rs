@@ -1,6 +1,6 @@
 //! What the flow stage hands on: flow metadata, per-direction counters and the final record.
 
-use super::key::{Direction, Endpoint, FlowId, FlowKey};
+use super::key::{Direction, Endpoint, FlowId};
 use super::tcp::TcpState;
 use crate::decode::{Mac, Vlans};
 use crate::time::Timestamp;
@@ -33,19 +33,6 @@ impl FlowMeta {
     pub fn local_bits(initiator: bool, responder: bool) -> u8 {
         (if initiator { Self::LOCAL_INITIATOR } else { 0 })
             | (if responder { Self::LOCAL_RESPONDER } else { 0 })
-    }
-
-    /// The flow's canonical key (made from the endpoints; not stored, so that the metadata
-    /// every event carries stays small).
-    pub fn key(&self) -> FlowKey {
-        FlowKey::new(
-            self.initiator,
-            self.responder,
-            self.proto,
-            self.vlan,
-            self.vni,
-        )
-        .0
     }
 
     /// The same flow with initiator and responder exchanged.
