@@ -357,11 +357,12 @@ impl FrameSink for Reader {
     }
 }
 
-/// The settings of one of `n` workers: the flow table cap is the sensor's total, so each shard
-/// holds its share of it (flows are spread evenly by hash).
+/// The settings of one of `n` workers: the flow table cap and the stream memcap are the
+/// sensor's totals, so each shard holds its share of them (flows are spread evenly by hash).
 fn shard_settings(settings: &Settings, n: usize) -> Settings {
     let mut s = settings.clone();
     s.flow.max_flows = settings.flow.max_flows.div_ceil(n.max(1)).max(1);
+    s.flow.reassembly.memcap = settings.flow.reassembly.memcap.div_ceil(n.max(1)).max(1);
     s
 }
 

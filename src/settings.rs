@@ -77,6 +77,7 @@ struct RawReassembly {
     depth_bytes: Option<u64>,
     max_ooo_bytes: Option<usize>,
     max_ooo_segments: Option<usize>,
+    memcap_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +408,7 @@ impl Settings {
                     depth: r.depth_bytes.unwrap_or(dr.depth),
                     max_ooo_bytes: r.max_ooo_bytes.unwrap_or(dr.max_ooo_bytes),
                     max_ooo_segments: r.max_ooo_segments.unwrap_or(dr.max_ooo_segments),
+                    memcap: r.memcap_bytes.unwrap_or(dr.memcap),
                 }
             },
         };
@@ -415,6 +417,13 @@ impl Settings {
                 file: file.into(),
                 line: line_of(text, text.find("max_flows").unwrap_or(0)),
                 reason: "flow.max_flows must be at least 1".into(),
+            });
+        }
+        if st.flow.reassembly.memcap == 0 {
+            return Err(ConfigError {
+                file: file.into(),
+                line: line_of(text, text.find("memcap_bytes").unwrap_or(0)),
+                reason: "reassembly.memcap_bytes must be at least 1".into(),
             });
         }
         let dd = DeviceConfig::default();
@@ -543,6 +552,15 @@ mod tests {
         assert!(e.reason.contains("max_flowz"));
         let e = Settings::from_toml("t.toml", "[flow]\nmax_flows = 0\n").unwrap_err();
         assert_eq!(e.line, 2);
+        let e = Settings::from_toml("t.toml", "[reassembly]\n\nmemcap_bytes = 0\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(
+            e.reason
+                .contains("reassembly.memcap_bytes must be at least 1"),
+            "{e}"
+        );
+        let s = Settings::from_toml("t.toml", "[reassembly]\nmemcap_bytes = 1048576\n").unwrap();
+        assert_eq!(s.flow.reassembly.memcap, 1 << 20);
         // A cap of 0 would be no cap at all for the device tables.
         for key in ["window_secs", "max_devices", "max_peers"] {
             let text = format!("# caps\n[device]\n{key} = 0\n");

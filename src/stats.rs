@@ -86,6 +86,8 @@ impl Stats {
                     "reassembly_bytes": r.delivered_bytes, "gaps": r.gaps, "gap_bytes": r.gap_bytes,
                     "ooo_segments": r.ooo_segments, "ooo_overflows": r.ooo_overflows,
                     "depth_reached": r.depth_reached, "overlap_bytes": r.overlap_bytes,
+                    "memcap_flows": r.memcap_flows, "memcap_bytes": r.memcap_bytes,
+                    "buffered_peak_bytes": r.held_peak,
                 },
                 "app_layer": { "events": self.app_events, "anomalies": self.app_anomalies },
                 "detect": {

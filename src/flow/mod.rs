@@ -9,7 +9,10 @@
 //! class is evicted (half-open TCP first, then closed TCP, then other, UDP, and established TCP
 //! last), and the eviction is counted. Flows expire on idle timeouts per class (exact, because
 //! each class keeps its own least-recently-seen list) and are sliced by an active timeout. At the
-//! end of input, [`FlowTable::drain`] ends every flow.
+//! end of input, [`FlowTable::drain`] ends every flow. The stream buffers of all flows (the
+//! out-of-order buffers and the handlers' own, [`StreamHandler::held`]) are held to the
+//! memcap: a flow whose buffers grow while the table's total is above it is shed
+//! ([`StreamHandler::shed`]), and counted.
 
 pub mod key;
 pub mod reassembly;
@@ -47,6 +50,15 @@ pub trait StreamHandler: Sized {
     /// is really the server: events and the record are then written with the roles swapped.
     fn roles_swapped(&self) -> bool {
         false
+    }
+    /// Bytes allocated to the handler's buffers, counted against the worker's stream memcap.
+    fn held(&self) -> usize {
+        0
+    }
+    /// The worker's stream buffers reached their memcap while this flow's grew: hand on what
+    /// is pending (as at the flow's end), release every buffer and inspect nothing more.
+    fn shed(&mut self, out: &mut Vec<Self::Event>) {
+        self.on_close(out);
     }
 }
 
@@ -188,6 +200,9 @@ struct Entry<H> {
     handler: Option<H>,
     streams: [Stream; 2],
     live: bool,
+    /// Bytes the flow's stream buffers held after its last segment (counted in
+    /// `FlowTable::held`).
+    held: u32,
 }
 
 /// The flow table's key: a [`FlowKey`] hashed as five machine words (the derived `Hash` of
@@ -306,6 +321,9 @@ pub struct FlowTable<H: StreamHandler> {
     tick_window: Timestamp,
     /// Home networks, to mark the ends of a new flow that can be devices (`FlowMeta::local`).
     home: Vec<ipnet::IpNet>,
+    /// Bytes held by the stream buffers (out-of-order and parsers) of all flows, held to
+    /// `cfg.reassembly.memcap`.
+    held: usize,
     pub counters: FlowCounters,
 }
 
@@ -329,6 +347,7 @@ impl<H: StreamHandler> FlowTable<H> {
             ticking: Vec::new(),
             tick_window: Timestamp::ZERO,
             home: Vec::new(),
+            held: 0,
             counters: FlowCounters::default(),
         }
     }
@@ -606,6 +625,26 @@ impl<H: StreamHandler> FlowTable<H> {
                         &mut self.counters.reassembly,
                     );
                 }
+                // Buffers grow only with data: the memcap is checked on segments that carry some.
+                if p.payload_wire_len > 0 {
+                    let held = e.streams[0].held() + e.streams[1].held() + h.held();
+                    self.held = (self.held + held).saturating_sub(e.held as usize);
+                    e.held = u32::try_from(held).unwrap_or(u32::MAX);
+                    if self.held > self.cfg.reassembly.memcap && held > 0 {
+                        h.shed(&mut self.scratch);
+                        e.streams[0].shed();
+                        e.streams[1].shed();
+                        let left = e.streams[0].held() + e.streams[1].held() + h.held();
+                        let released = held.saturating_sub(left);
+                        self.held = self.held.saturating_sub(released);
+                        e.held = u32::try_from(left).unwrap_or(u32::MAX);
+                        let r = &mut self.counters.reassembly;
+                        r.memcap_flows += 1;
+                        r.memcap_bytes += released as u64;
+                    }
+                    let r = &mut self.counters.reassembly;
+                    r.held_peak = r.held_peak.max(self.held as u64);
+                }
                 // Most segments give no event: the metadata is copied only for those that do.
                 if self.scratch.len() > before {
                     let (meta, dir) = if h.roles_swapped() {
@@ -730,6 +769,7 @@ impl<H: StreamHandler> FlowTable<H> {
             handler,
             streams: [Stream::default(), Stream::default()],
             live: true,
+            held: 0,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -833,6 +873,8 @@ impl<H: StreamHandler> FlowTable<H> {
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
         e.rec.synack_seen = e.synack;
         e.streams = [Stream::default(), Stream::default()];
+        self.held = self.held.saturating_sub(e.held as usize);
+        e.held = 0;
         let key = e.key();
         let mut rec = e.rec;
         if swapped {
@@ -954,6 +996,111 @@ mod tests {
             }
         }
         (t, recs)
+    }
+
+    /// A handler that keeps every byte it is given (in 1 KiB steps), and says when it is shed.
+    struct Hoard {
+        kept: Vec<u8>,
+    }
+
+    impl StreamHandler for Hoard {
+        type Event = &'static str;
+        fn for_flow(_: &FlowMeta) -> Option<Self> {
+            Some(Hoard { kept: Vec::new() })
+        }
+        fn on_data(&mut self, _: Direction, data: &[u8], _: &mut Vec<&'static str>) {
+            self.kept.reserve_exact(data.len().next_multiple_of(1024));
+            self.kept.extend_from_slice(data);
+        }
+        fn on_gap(&mut self, _: Direction, _: u64) {}
+        fn on_close(&mut self, _: &mut Vec<&'static str>) {}
+        fn app_name(&self) -> &'static str {
+            "hoard"
+        }
+        fn held(&self) -> usize {
+            self.kept.capacity()
+        }
+        fn shed(&mut self, out: &mut Vec<&'static str>) {
+            self.kept = Vec::new();
+            out.push("shed");
+        }
+    }
+
+    /// A TCP segment of `flow` (198.18.0.x:40000 -> 198.19.0.1:1883) carrying `data` at `seq`.
+    fn segment(flow: u32, seq: u32, data: &[u8]) -> PacketSummary {
+        PacketSummary {
+            ts: Timestamp::from_secs(1_000),
+            wire_len: 54 + data.len() as u32,
+            src_mac: None,
+            dst_mac: None,
+            vlan: Vlans::default(),
+            vni: None,
+            net: Net::Ip {
+                src: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | flow)),
+                dst: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
+                ttl: 64,
+                l4: Transport::Tcp {
+                    sport: 40_000,
+                    dport: 1883,
+                    flags: crate::decode::TcpFlags(crate::decode::TcpFlags::ACK),
+                    seq,
+                    ack: 1,
+                    win: 512,
+                },
+            },
+            payload_off: 54,
+            payload_len: data.len() as u32,
+            payload_wire_len: data.len() as u32,
+        }
+    }
+
+    #[test]
+    fn stream_buffers_are_held_to_the_memcap() {
+        let mut cfg = FlowConfig::default();
+        cfg.reassembly.memcap = 64 << 10;
+        let mut t = FlowTable::<Hoard>::new(cfg);
+        let mut out = Vec::new();
+        let data = [b'x'; 1000];
+        // 20 flows, each handed 8 KB in order and 4 KB beyond a one-byte hole: about 13 KiB of
+        // buffers each, 260 KiB in all against a cap of 64 KiB.
+        for f in 0..20 {
+            for k in 0..8 {
+                t.observe(&segment(f, 100 + 1000 * k, &data), &data, &mut out);
+                assert!(t.held <= 64 << 10, "flow {f}: {} held", t.held);
+            }
+            for k in 0..4 {
+                t.observe(&segment(f, 8_101 + 1000 * k, &data), &data, &mut out);
+                assert!(t.held <= 64 << 10, "flow {f}: {} held", t.held);
+            }
+        }
+        let r = t.counters.reassembly;
+        let shed = out
+            .iter()
+            .filter(|e| matches!(e, FlowEvent::App { event: "shed", .. }))
+            .count();
+        // Five flows fit (about 13 KiB each); each later one is shed as its buffers grow past
+        // the cap, says so once, and buffers nothing out of order.
+        assert_eq!(r.memcap_flows, 15, "{r:?}");
+        assert_eq!(shed, 15);
+        assert_eq!(r.ooo_segments, 5 * 4, "{r:?}");
+        assert!(r.memcap_bytes >= 15 * 4096, "{r:?}");
+        assert!(r.held_peak <= 64 << 10 && r.held_peak >= 48 << 10, "{r:?}");
+        // A shed flow takes no more data: its segments still count.
+        let before = r.delivered_bytes;
+        t.observe(&segment(19, 12_100, &data), &data, &mut out);
+        assert_eq!(t.counters.reassembly.delivered_bytes, before);
+        // Ended flows give their bytes back.
+        t.drain(&mut out);
+        assert_eq!(t.held, 0);
+        let recs: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                FlowEvent::Flow(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(recs.len(), 20);
+        assert_eq!(recs.iter().map(|r| r.fwd.packets).sum::<u64>(), 20 * 12 + 1);
     }
 
     #[test]

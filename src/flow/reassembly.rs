@@ -9,7 +9,7 @@
 use super::key::Direction;
 use super::StreamHandler;
 
-/// Limits of reassembly (per direction of each flow).
+/// Limits of reassembly (per direction of each flow, except `memcap`).
 #[derive(Clone, Copy, Debug)]
 pub struct ReassemblyLimits {
     /// Bytes delivered per direction before inspection stops (0 = no limit). Default 1 MiB.
@@ -18,6 +18,11 @@ pub struct ReassemblyLimits {
     pub max_ooo_bytes: usize,
     /// Out-of-order segments buffered per direction. Default 16.
     pub max_ooo_segments: usize,
+    /// Bytes that the out-of-order buffers and the protocol parsers' buffers of all TCP flows
+    /// may hold together, over all workers (each of N holds 1/N). A flow whose buffers grow
+    /// while the worker's total is above it is shed: its buffers are released and nothing more
+    /// of it is inspected (its packets are still counted). Default 64 MiB.
+    pub memcap: usize,
 }
 
 impl Default for ReassemblyLimits {
@@ -26,6 +31,7 @@ impl Default for ReassemblyLimits {
             depth: 1 << 20,
             max_ooo_bytes: 32 << 10,
             max_ooo_segments: 16,
+            memcap: 64 << 20,
         }
     }
 }
@@ -46,6 +52,11 @@ pub struct ReassemblyCounters {
     pub depth_reached: u64,
     /// Retransmitted or overlapping bytes dropped (already delivered).
     pub overlap_bytes: u64,
+    /// Flows shed at the memcap, and the bytes their buffers held.
+    pub memcap_flows: u64,
+    pub memcap_bytes: u64,
+    /// Most bytes held at once by stream buffers (summed over workers: each worker's peak).
+    pub held_peak: u64,
 }
 
 impl ReassemblyCounters {
@@ -57,6 +68,9 @@ impl ReassemblyCounters {
         self.ooo_overflows += o.ooo_overflows;
         self.depth_reached += o.depth_reached;
         self.overlap_bytes += o.overlap_bytes;
+        self.memcap_flows += o.memcap_flows;
+        self.memcap_bytes += o.memcap_bytes;
+        self.held_peak += o.held_peak;
     }
 }
 
@@ -85,6 +99,18 @@ fn seq_diff(a: u32, b: u32) -> i64 {
 }
 
 impl Stream {
+    /// Bytes allocated to the out-of-order buffer.
+    pub fn held(&self) -> usize {
+        self.ooo_data.capacity() + self.ooo.capacity() * std::mem::size_of::<Seg>()
+    }
+
+    /// Releases the out-of-order buffer (its bytes are never delivered) and stops delivery.
+    pub fn shed(&mut self) {
+        self.ooo = Vec::new();
+        self.ooo_data = Vec::new();
+        self.stopped = true;
+    }
+
     /// The direction's SYN: the stream starts at `seq + 1`.
     pub fn on_syn(&mut self, seq: u32) {
         if !self.init {

@@ -59,9 +59,10 @@ impl Detector {
         n
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.bufs.iter().map(Vec::len).sum()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        self.bufs.iter().map(m).sum()
     }
 
     /// A hole in one direction: what was buffered for it can no longer be

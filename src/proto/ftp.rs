@@ -74,9 +74,9 @@ impl LineBuf {
             .extend_from_slice(b.get(..room.min(b.len())).unwrap_or_default());
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.buf.len()
+    /// The line's buffer measured by `m`.
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        m(&self.buf)
     }
 
     pub(crate) fn clear(&mut self) {
@@ -281,9 +281,10 @@ impl FtpAnalyzer {
         });
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.lines.iter().map(LineBuf::len).sum()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        self.lines.iter().map(|l| l.bytes(m)).sum()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {

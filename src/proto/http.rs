@@ -691,10 +691,11 @@ impl HttpAnalyzer {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        let ws = self.ws.as_ref().map_or(0, |w| w.mqtt.buffered());
-        self.sides.iter().map(|s| s.buf.len()).sum::<usize>() + ws
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        let ws = self.ws.as_ref().map_or(0, |w| w.mqtt.bytes(m));
+        self.sides.iter().map(|s| m(&s.buf)).sum::<usize>() + ws
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {

@@ -423,18 +423,27 @@ impl ProtoState {
         self.encrypted
     }
 
-    /// Bytes held in the analyzer's buffers (capacity), for bound checks in tests.
+    /// Bytes of content in the analyzer's buffers, for bound checks in tests.
     #[cfg(test)]
     pub(crate) fn buffered(&self) -> usize {
+        self.bytes(Vec::len)
+    }
+
+    /// Bytes allocated to the analyzer's buffers (what the stream memcap counts).
+    pub fn held(&self) -> usize {
+        self.bytes(Vec::capacity)
+    }
+
+    fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
         match &self.engine {
-            Engine::Detecting(d) => d.buffered(),
-            Engine::Mqtt(a) => a.buffered(),
-            Engine::Http(a) => a.buffered(),
-            Engine::Telnet(a) => a.buffered(),
-            Engine::Ftp(a) => a.buffered(),
-            Engine::Smtp(a) => a.buffered(),
-            Engine::Tls(a) => a.buffered(),
-            Engine::Ssh(s) => s.line.iter().map(Vec::len).sum(),
+            Engine::Detecting(d) => d.bytes(m),
+            Engine::Mqtt(a) => a.bytes(m),
+            Engine::Http(a) => a.bytes(m),
+            Engine::Telnet(a) => a.bytes(m),
+            Engine::Ftp(a) => a.bytes(m),
+            Engine::Smtp(a) => a.bytes(m),
+            Engine::Tls(a) => a.bytes(m),
+            Engine::Ssh(s) => s.line.iter().map(m).sum(),
             Engine::Opaque => 0,
         }
     }

@@ -501,9 +501,10 @@ impl MqttAnalyzer {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.streams.iter().map(|s| s.buf.len()).sum()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        self.streams.iter().map(|s| m(&s.buf)).sum()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {

@@ -261,6 +261,11 @@ impl SmbParser {
     }
 
     /// False once the flow showed it carries neither SMB nor DCE/RPC.
+    /// Bytes allocated to the framing and message buffers.
+    pub fn held(&self) -> usize {
+        self.head.capacity() + self.msg.capacity()
+    }
+
     pub fn active(&self) -> bool {
         self.mode != Mode::Off
     }

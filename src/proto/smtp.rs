@@ -63,9 +63,10 @@ impl SmtpAnalyzer {
         Control::Continue
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.lines.iter().map(LineBuf::len).sum()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        self.lines.iter().map(|l| l.bytes(m)).sum()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {

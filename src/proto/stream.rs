@@ -53,4 +53,15 @@ impl StreamHandler for Analyzer {
     fn roles_swapped(&self) -> bool {
         self.state.roles_swapped()
     }
+    fn held(&self) -> usize {
+        self.state.held()
+            + self.smb.as_ref().map_or(0, SmbParser::held)
+            + self.smb_events.capacity() * std::mem::size_of::<super::smb::SmbEvent>()
+    }
+    /// Pending events go as at the flow's end; closing the state releases its buffers.
+    fn shed(&mut self, out: &mut Vec<ProtoEvent>) {
+        self.state.on_close(out);
+        self.smb = None;
+        self.smb_events = Vec::new();
+    }
 }

@@ -189,9 +189,10 @@ impl TelnetAnalyzer {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.cli_line.len() + self.srv_line.len()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        m(&self.cli_line) + m(&self.srv_line)
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, _len: u64) {

@@ -396,9 +396,10 @@ impl TlsAnalyzer {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn buffered(&self) -> usize {
-        self.sides.iter().map(|s| s.hs.len()).sum()
+    /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
+    /// memory).
+    pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
+        self.sides.iter().map(|s| m(&s.hs)).sum()
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {

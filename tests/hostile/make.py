@@ -21,6 +21,10 @@ Captures (packet counts at small / full scale):
   telnet_iac      a Telnet server sending endless IAC option negotiation (1 / 16 MB)
   tcp_overlap     TCP flows whose segments arrive reversed, duplicated with different bytes,
                   overlapping, and with holes larger than the out-of-order buffer
+  held_buffers    MQTT sessions that each leave a nearly complete 60 KB PUBLISH buffered in both
+                  directions, then 16 segments beyond a one-byte hole each way: every session holds
+                  the most its parsers and reassembly buffer per flow, all at once
+                  (200 / 5,000 sessions)
   tiny_fragments  IPv4 datagrams cut into 8-byte fragments, out of order and overlapping, and
                   a stream of first fragments whose rest never comes
 """
@@ -258,6 +262,35 @@ def tcp_overlap(path, full):
     return p.close()
 
 
+def held_buffers(path, full):
+    n = 5_000 if full else 200
+    p = Pcap(path)
+    sessions = []
+    for i in range(n):
+        cli = "198.18.%d.%d" % (2 + i // 250, 1 + i % 250)
+        sessions.append(Session(p, cli, "198.18.1.10", 30000 + i % 30000, 1883))
+    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
+    body = 60_000
+    # A PUBLISH claiming 61,000 bytes (under the parsers' 64 KiB buffer), 60,000 of them sent.
+    publish = b"\x30" + mqtt_remaining_length(61_000) + b"\x00\x03a/b" + b"p" * body
+    for s in sessions:
+        s.handshake()
+    for i, s in enumerate(sessions):
+        cid = b"dev%05d" % i
+        s.send(True, b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + b"\x00" + bytes([len(cid)]) + cid)
+        s.send(False, b"\x20\x02\x00\x00")
+    for s in sessions:
+        s.send(True, publish)
+        s.send(False, publish)
+    # Out of order: 16 segments of 2,000 bytes after a one-byte hole, each way.
+    for s in sessions:
+        for from_client in (True, False):
+            base = s.cseq if from_client else s.sseq
+            for k in range(16):
+                s.pkt(from_client, PSH | ACK, b"o" * 2000, seq=base + 1 + 2000 * k)
+    return p.close()
+
+
 def tiny_fragments(path, full):
     n = 200_000 if full else 5_000
     rnd = random.Random(3)
@@ -288,6 +321,7 @@ ALL = {
     "http_headers": http_headers,
     "telnet_iac": telnet_iac,
     "tcp_overlap": tcp_overlap,
+    "held_buffers": held_buffers,
     "tiny_fragments": tiny_fragments,
 }
 

@@ -45,8 +45,8 @@ def run(capture, config):
 def main(argv):
     d = argv[1]
     configs = argv[2:] or [None] + sorted(glob.glob(os.path.join(ROOT, "tests", "hostile", "*.toml")))
-    print("| capture | packets | config | peak RSS | wall | flows (peak active / evicted) | tcp (ooo / overflows / gaps / overlap bytes / depth) | skipped | anomalies |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| capture | packets | config | peak RSS | wall | flows (peak active / evicted) | tcp (ooo / overflows / gaps / overlap bytes / depth) | stream buffers (peak MiB / flows shed) | skipped | anomalies |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cap in sorted(glob.glob(os.path.join(d, "*.pcap"))):
         for cfg in configs:
             r = run(cap, cfg)
@@ -63,6 +63,7 @@ def main(argv):
                 f"| {name} | {st['decoder']['pkts']:,} | {cname} | {r['rss_mib']:.1f} MiB | {r['wall']:.1f} s "
                 f"| {f['total']:,} ({f['peak_active']:,} / {f['evicted']:,}) "
                 f"| {t['ooo_segments']:,} / {t['ooo_overflows']:,} / {t['gaps']:,} / {t['overlap_bytes']:,} / {t['depth_reached']:,} "
+                f"| {t.get('buffered_peak_bytes', 0) / 1048576:.1f} / {t.get('memcap_flows', 0):,} "
                 f"| {', '.join(f'{k} {v:,}' for k, v in skipped.items()) or '-'} "
                 f"| {', '.join(f'{k} {v:,}' for k, v in an.items()) or '-'} |",
                 flush=True,

@@ -187,6 +187,34 @@ fn hostile_captures_are_survived_and_counted() {
     assert!(n(&tcp["gaps"]) >= 125, "{st}");
     assert!(n(&tcp["ooo_overflows"]) + n(&tcp["gaps"]) > 0, "{st}");
 
+    // 200 MQTT sessions, each leaving a 60 KB PUBLISH and 32 KB beyond a hole buffered both
+    // ways: over 40 MB of stream buffers at once (the test caps cut the out-of-order part to
+    // 8 KiB a direction). Under the default memcap (64 MiB) none is shed.
+    let (st, alerts) = replay(&dir, "held_buffers", &config);
+    let tcp = &st["tcp"];
+    assert_eq!(n(&tcp["memcap_flows"]), 0, "{st}");
+    assert!(n(&tcp["buffered_peak_bytes"]) >= 40_000_000, "{st}");
+    let plaintext = |alerts: &[Value]| {
+        alerts
+            .iter()
+            .filter(|a| a["alert"]["kind"] == "plaintext_mqtt")
+            .count()
+    };
+    assert_eq!(plaintext(&alerts), 200);
+    // With a memcap of 4 MiB, the sessions whose buffers grow past it are shed (their buffers
+    // released, their inspection ended): the buffers never hold more than the cap (the sum of
+    // each worker's share and peak), and each session's plaintext-MQTT alert, raised at its
+    // CONNECT, is kept.
+    let memcap = dir.join("memcap.toml");
+    std::fs::write(&memcap, "[reassembly]\nmemcap_bytes = 4194304\n").unwrap();
+    let (st, alerts) = replay(&dir, "held_buffers", &memcap);
+    let tcp = &st["tcp"];
+    assert!(n(&tcp["memcap_flows"]) >= 150, "{st}");
+    assert!(n(&tcp["memcap_bytes"]) >= 150 * 32_768, "{st}");
+    let peak = n(&tcp["buffered_peak_bytes"]);
+    assert!((3 << 20..=(4 << 20) + 64).contains(&peak), "{st}");
+    assert_eq!(plaintext(&alerts), 200);
+
     // 8-byte fragments: only first fragments are decoded, and they are too short for TCP.
     let (st, _) = replay(&dir, "tiny_fragments", &config);
     let sk = &st["decoder"]["skipped_by_reason"];
