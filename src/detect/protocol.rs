@@ -7,7 +7,7 @@ use super::rules::{Rule, RuleError, RuleSet};
 use super::{Finding, Gate, Ident, Kind};
 use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
-use crate::proto::{AppProto, Outcome, ProtoEvent};
+use crate::proto::{clip_name, AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -201,12 +201,17 @@ struct Episode {
     last: Timestamp,
     failures: u32,
     successes: u32,
+    /// Hashes of the distinct usernames tried (the first `MAX_USERNAMES`), to count them.
+    tried: Vec<u64>,
+    /// The `SHOWN_USERNAMES` of those that sort first, cut to `MAX_CREDENTIAL` bytes (the
+    /// alert's list).
     usernames: BTreeSet<String>,
     accepted_user: Option<String>,
     meta: FlowMeta,
 }
 
 const MAX_USERNAMES: usize = 64;
+const SHOWN_USERNAMES: usize = 10;
 const MAX_TRACKED: usize = 100_000;
 
 /// Short SSH connections from one source to one server: (first, last, count, a flow of them).
@@ -626,12 +631,14 @@ impl ProtocolDetector {
             self.evicted += self.episodes.len() as u64;
             self.episodes.clear();
         }
+        let name_hash = std::hash::BuildHasher::hash_one(self.episodes.hasher(), username);
         let e = self.episodes.entry(key).or_insert_with(|| Episode {
             app,
             first: ts,
             last: ts,
             failures: 0,
             successes: 0,
+            tried: Vec::new(),
             usernames: BTreeSet::new(),
             accepted_user: None,
             meta: *meta,
@@ -640,8 +647,12 @@ impl ProtocolDetector {
             Outcome::Rejected => {
                 e.failures += 1;
                 e.last = ts;
-                if e.usernames.len() < MAX_USERNAMES {
-                    e.usernames.insert(username.to_string());
+                if e.tried.len() < MAX_USERNAMES && !e.tried.contains(&name_hash) {
+                    e.tried.push(name_hash);
+                    e.usernames.insert(clip_name(username).to_string());
+                    if e.usernames.len() > SHOWN_USERNAMES {
+                        e.usernames.pop_last();
+                    }
                 }
             }
             Outcome::Accepted => {
@@ -649,7 +660,7 @@ impl ProtocolDetector {
                 // A success right after failures is the brute force's outcome; it does not keep
                 // the episode open (the source's ordinary logins would).
                 if e.failures > 0 && e.accepted_user.is_none() {
-                    e.accepted_user = Some(username.to_string());
+                    e.accepted_user = Some(clip_name(username).to_string());
                 }
             }
             Outcome::Unknown => {}
@@ -700,7 +711,7 @@ impl ProtocolDetector {
         if e.failures < self.brute.failures {
             return None;
         }
-        let spraying = e.usernames.len() as u32 >= self.brute.spray_usernames;
+        let spraying = e.tried.len() as u32 >= self.brute.spray_usernames;
         let mut f = Finding::for_flow(e.last, Kind::BruteForce, &e.meta, Some(e.app.as_str()));
         f.variant = "";
         f.flow_id = None;
@@ -715,11 +726,8 @@ impl ProtocolDetector {
             .with("first", e.first.rfc3339().to_string())
             .with("last", e.last.rfc3339().to_string())
             .with("window_secs", self.brute.window_secs)
-            .with("distinct_usernames", e.usernames.len())
-            .with(
-                "usernames",
-                e.usernames.iter().take(10).cloned().collect::<Vec<_>>(),
-            )
+            .with("distinct_usernames", e.tried.len())
+            .with("usernames", e.usernames.into_iter().collect::<Vec<_>>())
             .with("password_spraying", spraying)
             .with(
                 "final_outcome",
@@ -984,6 +992,54 @@ mod tests {
         assert_eq!(written(&mut alerter, &built), written(&mut other, &all));
         assert_eq!(alerter.suppressed(), 8);
         assert_eq!(alerter.suppressed(), other.suppressed());
+    }
+
+    /// A spraying source's episode counts its distinct usernames (up to 64) and keeps, for the
+    /// alert, the ten that sort first, cut to 256 bytes: long names cost it no more.
+    #[test]
+    fn an_episode_keeps_few_short_usernames() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut d = ProtocolDetector::new(&rs, false).unwrap();
+        let mut out = Vec::new();
+        for n in 0..100u64 {
+            let (meta, _) = login_in_flow(n);
+            // Kilobyte names first (they sort last), then short ones, each tried twice.
+            let username = if n < 50 {
+                format!("{}{n:02}", "z".repeat(1000))
+            } else {
+                format!("u{:02}", (n - 50) / 2)
+            };
+            let ev = ProtoEvent::Login {
+                app: AppProto::Telnet,
+                username,
+                password: Some(b"guess".to_vec()),
+                method: "telnet",
+                outcome: Outcome::Rejected,
+            };
+            d.on_app(
+                &meta,
+                meta.first,
+                Direction::Forward,
+                &ev,
+                &mut Ungated,
+                &mut out,
+            );
+        }
+        let e = d.episodes.values().next().unwrap();
+        assert_eq!(e.tried.len(), 64);
+        assert_eq!(e.usernames.len(), 10);
+        assert!(e.usernames.iter().all(|u| u.len() <= 256));
+        d.finish(&mut out);
+        let brute: Vec<_> = out.iter().filter(|f| f.kind == Kind::BruteForce).collect();
+        assert_eq!(brute.len(), 1);
+        let ev = &brute[0].evidence;
+        assert_eq!(ev["failed_logins"], 100);
+        // 50 long names and the first 14 short ones were counted; the list is the short ones
+        // that sort first.
+        assert_eq!(ev["distinct_usernames"], 64);
+        assert_eq!(ev["password_spraying"], true);
+        let want: Vec<String> = (0..10).map(|i| format!("u{i:02}")).collect();
+        assert_eq!(ev["usernames"], serde_json::json!(want));
     }
 
     #[test]

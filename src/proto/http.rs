@@ -16,8 +16,8 @@ use base64::Engine as _;
 use super::mqtt::MqttAnalyzer;
 use super::websocket::WsDecoder;
 use super::{
-    contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction, HttpAuth, Outcome,
-    ProtoEvent,
+    clip_name, clip_secret, contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction,
+    HttpAuth, Outcome, ProtoEvent,
 };
 
 const MAX_HEADERS: usize = 100;
@@ -481,12 +481,12 @@ impl HttpAnalyzer {
         let ws_mqtt = upgrade_ws && ws_mqtt;
         let login = match &auth {
             Some(HttpAuth::Basic { user, password }) => Some(PendingLogin {
-                user: user.clone(),
-                password: Some(password.clone()),
+                user: clip_name(user).to_string(),
+                password: Some(clip_secret(password).to_vec()),
                 method: "http-basic",
             }),
             Some(HttpAuth::Digest { user }) => Some(PendingLogin {
-                user: user.clone(),
+                user: clip_name(user).to_string(),
                 password: None,
                 method: "http-digest",
             }),
@@ -696,6 +696,17 @@ impl HttpAnalyzer {
     pub(crate) fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {
         let ws = self.ws.as_ref().map_or(0, |w| w.mqtt.bytes(m));
         self.sides.iter().map(|s| m(&s.buf)).sum::<usize>() + ws
+    }
+
+    /// Bytes allocated to the requests waiting for their responses (with their credentials).
+    pub(crate) fn pending_held(&self) -> usize {
+        let logins: usize = self
+            .pending
+            .iter()
+            .filter_map(|p| p.login.as_ref())
+            .map(|l| l.user.capacity() + l.password.as_ref().map_or(0, Vec::capacity))
+            .sum();
+        self.pending.capacity() * std::mem::size_of::<Pending>() + logins
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {
@@ -965,6 +976,47 @@ mod tests {
             method,
             outcome,
         }
+    }
+
+    #[test]
+    fn pipelined_credentials_are_kept_cut_and_counted() {
+        use base64::Engine as _;
+        let mut a = HttpAnalyzer::new(64 * 1024);
+        let mut out = Vec::new();
+        // 'a' then 300 two-byte characters: byte 256 falls inside one.
+        let user = format!("a{}", "é".repeat(300));
+        let cred = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", "p".repeat(2000)));
+        let req = format!("GET / HTTP/1.1\r\nHost: cam\r\nAuthorization: Basic {cred}\r\n\r\n");
+        for _ in 0..100 {
+            a.on_data(Direction::Forward, req.as_bytes(), &mut out);
+        }
+        // 100 requests wait for their responses, each with its credentials cut to 255 + 256
+        // bytes (not 601 + 2,000), and the memcap counts them.
+        let per = 255 + 256;
+        let held = a.pending_held();
+        assert!(
+            (100 * per..=100 * per + 128 * std::mem::size_of::<Pending>()).contains(&held),
+            "{held}"
+        );
+        for _ in 0..100 {
+            a.on_data(
+                Direction::Reverse,
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                &mut out,
+            );
+        }
+        let l = logins(&out);
+        assert_eq!(l.len(), 100);
+        let cut = &user[..255];
+        assert!(l
+            .iter()
+            .all(|e| *e == &login(cut, Some(&[b'p'; 256]), "http-basic", Outcome::Rejected)));
+        // The request event itself carries the whole credential (it is not kept).
+        assert!(out.iter().any(|e| matches!(
+            e,
+            ProtoEvent::HttpRequest { auth: Some(HttpAuth::Basic { user: u, .. }), .. } if *u == user
+        )));
     }
 
     #[test]

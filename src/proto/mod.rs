@@ -267,6 +267,25 @@ struct SshState {
 
 const SSH_BANNER_MAX: usize = 255;
 
+/// Longest username or password kept by state that waits on many of them (bytes): an HTTP
+/// flow's pipelined requests, a brute-force episode's usernames. Longer ones are cut (names at
+/// a character boundary); no default credential is that long.
+pub const MAX_CREDENTIAL: usize = 256;
+
+/// `name` cut to at most [`MAX_CREDENTIAL`] bytes, at a character boundary.
+pub fn clip_name(name: &str) -> &str {
+    let mut end = MAX_CREDENTIAL.min(name.len());
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.get(..end).unwrap_or(name)
+}
+
+/// `secret` cut to at most [`MAX_CREDENTIAL`] bytes.
+pub fn clip_secret(secret: &[u8]) -> &[u8] {
+    secret.get(..MAX_CREDENTIAL).unwrap_or(secret)
+}
+
 impl SshState {
     fn on_data(&mut self, dir: Direction, data: &[u8], out: &mut Vec<ProtoEvent>) {
         let i = dir_index(dir);
@@ -429,9 +448,14 @@ impl ProtoState {
         self.bytes(Vec::len)
     }
 
-    /// Bytes allocated to the analyzer's buffers (what the stream memcap counts).
+    /// Bytes allocated to the analyzer's buffers, and to HTTP requests waiting for their
+    /// responses (what the stream memcap counts).
     pub fn held(&self) -> usize {
-        self.bytes(Vec::capacity)
+        let pending = match &self.engine {
+            Engine::Http(a) => a.pending_held(),
+            _ => 0,
+        };
+        self.bytes(Vec::capacity) + pending
     }
 
     fn bytes(&self, m: fn(&Vec<u8>) -> usize) -> usize {

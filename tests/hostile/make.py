@@ -25,6 +25,9 @@ Captures (packet counts at small / full scale):
                   directions, then 16 segments beyond a one-byte hole each way: every session holds
                   the most its parsers and reassembly buffer per flow, all at once
                   (200 / 5,000 sessions)
+  auth_pipeline   HTTP sessions that each pipeline requests with a 40 KB Basic Authorization
+                  header (a 30 KB password), never answered: each request's credentials wait for
+                  a response that never comes (50 / 1,000 sessions of 1 MB)
   tiny_fragments  IPv4 datagrams cut into 8-byte fragments, out of order and overlapping, and
                   a stream of first fragments whose rest never comes
 """
@@ -291,6 +294,23 @@ def held_buffers(path, full):
     return p.close()
 
 
+def auth_pipeline(path, full):
+    import base64
+
+    n = 1_000 if full else 50
+    p = Pcap(path)
+    cred = base64.b64encode(b"admin:" + b"s" * 30_000)
+    req = b"GET /cgi-bin/status HTTP/1.1\r\nHost: cam.local\r\nAuthorization: Basic " + cred + b"\r\n\r\n"
+    sessions = [Session(p, "198.18.%d.%d" % (2 + i // 250, 1 + i % 250), "198.18.1.10", 31000 + i, 80) for i in range(n)]
+    for s in sessions:
+        s.handshake()
+    # One megabyte of requests each (the default reassembly depth), sessions interleaved.
+    for _ in range((1 << 20) // len(req) + 1):
+        for s in sessions:
+            s.send(True, req)
+    return p.close()
+
+
 def tiny_fragments(path, full):
     n = 200_000 if full else 5_000
     rnd = random.Random(3)
@@ -322,6 +342,7 @@ ALL = {
     "telnet_iac": telnet_iac,
     "tcp_overlap": tcp_overlap,
     "held_buffers": held_buffers,
+    "auth_pipeline": auth_pipeline,
     "tiny_fragments": tiny_fragments,
 }
 

@@ -215,6 +215,21 @@ fn hostile_captures_are_survived_and_counted() {
     assert!((3 << 20..=(4 << 20) + 64).contains(&peak), "{st}");
     assert_eq!(plaintext(&alerts), 200);
 
+    // 50 HTTP sessions pipelining requests with a 30 KB Basic password, never answered: each
+    // waiting request keeps its credentials cut to 256 bytes, counted with the stream buffers
+    // (at most two 64 KiB header buffers and 128 waiting requests a session).
+    let (st, alerts) = replay(&dir, "auth_pipeline", &config);
+    let peak = n(&st["tcp"]["buffered_peak_bytes"]);
+    assert!(peak <= 50 * (128 << 10) + 50 * 128 * 600, "{st}");
+    let creds: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["alert"]["kind"] == "cleartext_credentials")
+        .collect();
+    assert_eq!(creds.len(), 50);
+    assert!(creds
+        .iter()
+        .all(|a| a["evidence"]["password_length"] == 256 && a["evidence"]["username"] == "admin"));
+
     // 8-byte fragments: only first fragments are decoded, and they are too short for TCP.
     let (st, _) = replay(&dir, "tiny_fragments", &config);
     let sk = &st["decoder"]["skipped_by_reason"];
