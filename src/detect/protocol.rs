@@ -7,7 +7,7 @@ use super::rules::{Rule, RuleError, RuleSet};
 use super::{Finding, Gate, Ident, Kind};
 use crate::fast::{HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
-use crate::proto::{clip_name, AppProto, Outcome, ProtoEvent};
+use crate::proto::{clip_str, AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -203,7 +203,7 @@ struct Episode {
     successes: u32,
     /// Hashes of the distinct usernames tried (the first `MAX_USERNAMES`), to count them.
     tried: Vec<u64>,
-    /// The `SHOWN_USERNAMES` of those that sort first, cut to `MAX_CREDENTIAL` bytes (the
+    /// The `SHOWN_USERNAMES` of those that sort first, cut to `MAX_KEPT` bytes (the
     /// alert's list).
     usernames: BTreeSet<String>,
     accepted_user: Option<String>,
@@ -441,7 +441,7 @@ impl ProtocolDetector {
                 level,
                 ..
             } => {
-                self.facts(meta.id).client_id = Some(client_id.clone());
+                self.facts(meta.id).client_id = Some(clip_str(client_id).to_string());
                 let _ = (auth_method, level);
             }
             ProtoEvent::Login {
@@ -594,7 +594,7 @@ impl ProtocolDetector {
                 .ip(meta.responder.ip)
                 .num(meta.responder.port.into());
             let identifier = match outcome {
-                Outcome::Accepted => id.text(username).text("accepted").done(),
+                Outcome::Accepted => id.text(clip_str(username)).text("accepted").done(),
                 _ => id.text(outcome.as_str()).done(),
             };
             let clear = gate.admit(Kind::CleartextCredentials, "", &identifier, ts);
@@ -649,7 +649,7 @@ impl ProtocolDetector {
                 e.last = ts;
                 if e.tried.len() < MAX_USERNAMES && !e.tried.contains(&name_hash) {
                     e.tried.push(name_hash);
-                    e.usernames.insert(clip_name(username).to_string());
+                    e.usernames.insert(clip_str(username).to_string());
                     if e.usernames.len() > SHOWN_USERNAMES {
                         e.usernames.pop_last();
                     }
@@ -660,7 +660,7 @@ impl ProtocolDetector {
                 // A success right after failures is the brute force's outcome; it does not keep
                 // the episode open (the source's ordinary logins would).
                 if e.failures > 0 && e.accepted_user.is_none() {
-                    e.accepted_user = Some(clip_name(username).to_string());
+                    e.accepted_user = Some(clip_str(username).to_string());
                 }
             }
             Outcome::Unknown => {}
@@ -808,7 +808,7 @@ impl ProtocolDetector {
         f.identifier = Ident::new()
             .ip(meta.initiator.ip)
             .text("publish")
-            .text(topic)
+            .text(clip_str(topic))
             .done();
         out.push(f);
     }

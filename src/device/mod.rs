@@ -159,9 +159,10 @@ impl<T: Ord> BoundedSet<T> {
 }
 
 impl BoundedSet<String> {
-    /// [`BoundedSet::insert`] of a borrowed string: allocates only for a value the set takes.
+    /// [`BoundedSet::insert`] of a borrowed string, cut to [`crate::proto::MAX_KEPT`] bytes:
+    /// allocates only for a value the set takes.
     pub fn insert_str(&mut self, v: &str, cap: usize) -> bool {
-        self.hold(v, cap, str::to_string)
+        self.hold(crate::proto::clip_str(v), cap, str::to_string)
     }
 }
 
@@ -962,6 +963,18 @@ mod tests {
 
     fn ip_id(n: u32) -> DeviceId {
         DeviceId::Ip(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)))
+    }
+
+    #[test]
+    fn a_profile_keeps_names_cut_to_max_kept() {
+        let mut set = BoundedSet::<String>::default();
+        // 'a' then two-byte characters: byte 256 falls inside one.
+        let long = format!("a{}", "é".repeat(40_000));
+        assert!(set.insert_str(&long, 4));
+        assert!(set.insert_str(&long, 4), "the same name again is held");
+        assert!(set.insert_str("site/cam1/temp", 4));
+        let kept: Vec<&str> = set.items.iter().map(String::as_str).collect();
+        assert_eq!(kept, [&long[..255], "site/cam1/temp"]);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use super::mqtt::MqttAnalyzer;
 use super::websocket::WsDecoder;
 use super::{
-    clip_name, clip_secret, contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction,
+    clip_secret, clip_str, contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction,
     HttpAuth, Outcome, ProtoEvent,
 };
 
@@ -481,12 +481,12 @@ impl HttpAnalyzer {
         let ws_mqtt = upgrade_ws && ws_mqtt;
         let login = match &auth {
             Some(HttpAuth::Basic { user, password }) => Some(PendingLogin {
-                user: clip_name(user).to_string(),
+                user: clip_str(user).to_string(),
                 password: Some(clip_secret(password).to_vec()),
                 method: "http-basic",
             }),
             Some(HttpAuth::Digest { user }) => Some(PendingLogin {
-                user: clip_name(user).to_string(),
+                user: clip_str(user).to_string(),
                 password: None,
                 method: "http-digest",
             }),
@@ -698,7 +698,8 @@ impl HttpAnalyzer {
         self.sides.iter().map(|s| m(&s.buf)).sum::<usize>() + ws
     }
 
-    /// Bytes allocated to the requests waiting for their responses (with their credentials).
+    /// Bytes allocated to the requests waiting for their responses (with their credentials),
+    /// and to what an MQTT-over-WebSocket session keeps besides its buffers.
     pub(crate) fn pending_held(&self) -> usize {
         let logins: usize = self
             .pending
@@ -706,7 +707,8 @@ impl HttpAnalyzer {
             .filter_map(|p| p.login.as_ref())
             .map(|l| l.user.capacity() + l.password.as_ref().map_or(0, Vec::capacity))
             .sum();
-        self.pending.capacity() * std::mem::size_of::<Pending>() + logins
+        let ws = self.ws.as_ref().map_or(0, |w| w.mqtt.pending_held());
+        self.pending.capacity() * std::mem::size_of::<Pending>() + logins + ws
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {

@@ -267,23 +267,26 @@ struct SshState {
 
 const SSH_BANNER_MAX: usize = 255;
 
-/// Longest username or password kept by state that waits on many of them (bytes): an HTTP
-/// flow's pipelined requests, a brute-force episode's usernames. Longer ones are cut (names at
-/// a character boundary); no default credential is that long.
-pub const MAX_CREDENTIAL: usize = 256;
+/// Longest name or secret from the traffic (bytes) that state outliving a packet keeps: a login
+/// waiting for its answer (HTTP pipelined requests, MQTT CONNECT), a brute-force episode's
+/// usernames, a device profile's topics, client ids and server names, alert suppression keys.
+/// Longer ones are cut (text at a character boundary), so that such state stays small whatever
+/// the traffic claims (an MQTT topic or password may be 64 KiB); no default credential and few
+/// real names are that long. Events hand on the whole value.
+pub const MAX_KEPT: usize = 256;
 
-/// `name` cut to at most [`MAX_CREDENTIAL`] bytes, at a character boundary.
-pub fn clip_name(name: &str) -> &str {
-    let mut end = MAX_CREDENTIAL.min(name.len());
-    while !name.is_char_boundary(end) {
+/// `s` cut to at most [`MAX_KEPT`] bytes, at a character boundary.
+pub fn clip_str(s: &str) -> &str {
+    let mut end = MAX_KEPT.min(s.len());
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    name.get(..end).unwrap_or(name)
+    s.get(..end).unwrap_or(s)
 }
 
-/// `secret` cut to at most [`MAX_CREDENTIAL`] bytes.
+/// `secret` cut to at most [`MAX_KEPT`] bytes.
 pub fn clip_secret(secret: &[u8]) -> &[u8] {
-    secret.get(..MAX_CREDENTIAL).unwrap_or(secret)
+    secret.get(..MAX_KEPT).unwrap_or(secret)
 }
 
 impl SshState {
@@ -448,11 +451,13 @@ impl ProtoState {
         self.bytes(Vec::len)
     }
 
-    /// Bytes allocated to the analyzer's buffers, and to HTTP requests waiting for their
-    /// responses (what the stream memcap counts).
+    /// Bytes allocated to the analyzer's buffers, and to what waits for an answer (HTTP
+    /// requests, an MQTT login) or is kept for reuse (MQTT topics): what the stream memcap
+    /// counts.
     pub fn held(&self) -> usize {
         let pending = match &self.engine {
             Engine::Http(a) => a.pending_held(),
+            Engine::Mqtt(a) => a.pending_held(),
             _ => 0,
         };
         self.bytes(Vec::capacity) + pending

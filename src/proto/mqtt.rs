@@ -9,7 +9,9 @@
 //! direction resynchronises at the next chunk that starts with a plausible
 //! fixed header, which also gives mid-stream pickup.
 
-use super::{dir_index, to_usize, AppProto, Direction, Outcome, ProtoEvent, Reader};
+use super::{
+    clip_secret, clip_str, dir_index, to_usize, AppProto, Direction, Outcome, ProtoEvent, Reader,
+};
 
 // Packet types.
 const CONNECT: u8 = 1;
@@ -507,6 +509,15 @@ impl MqttAnalyzer {
         self.streams.iter().map(|s| m(&s.buf)).sum()
     }
 
+    /// Bytes allocated to the login waiting for its CONNACK and to the last topics kept.
+    pub(crate) fn pending_held(&self) -> usize {
+        let login = self.pending.as_ref().map_or(0, |l| {
+            l.username.capacity() + l.password.as_ref().map_or(0, Vec::capacity)
+        });
+        let topics: usize = self.last_topic.iter().flatten().map(|t| t.len()).sum();
+        login + topics
+    }
+
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {
         let Some(st) = self.streams.get_mut(dir_index(dir)) else {
             return;
@@ -656,8 +667,8 @@ impl MqttAnalyzer {
         self.level = Some(level);
         if let Some(u) = &username {
             self.pending = Some(PendingLogin {
-                username: u.clone(),
-                password: password.clone(),
+                username: clip_str(u).to_string(),
+                password: password.as_deref().map(|p| clip_secret(p).to_vec()),
             });
         }
         out.push(ProtoEvent::MqttConnect {
@@ -1176,6 +1187,49 @@ mod tests {
                 &login("user", b"pass", Outcome::Unknown)
             ]
         );
+    }
+
+    /// A 3.1.1 CONNECT (clean session, username and password), remaining length in two bytes.
+    fn connect_with(user: &[u8], pass: &[u8]) -> Vec<u8> {
+        let mut body = b"\x00\x04MQTT\x04\xc2\x00\x3c\x00\x03cam".to_vec();
+        for field in [user, pass] {
+            body.extend((field.len() as u16).to_be_bytes());
+            body.extend(field);
+        }
+        let n = body.len();
+        assert!(n < 16_384);
+        let mut p = vec![0x10, 0x80 | (n % 128) as u8, (n / 128) as u8];
+        p.extend(body);
+        p
+    }
+
+    #[test]
+    fn a_login_waiting_for_its_connack_is_cut_and_counted() {
+        let mut a = MqttAnalyzer::new(64 * 1024, AppProto::Mqtt);
+        let mut out = Vec::new();
+        let user = "ü".repeat(500);
+        a.on_data(
+            Direction::Forward,
+            &connect_with(user.as_bytes(), &[b'p'; 5000]),
+            &mut out,
+        );
+        // The CONNECT event has it all; the login waiting for the CONNACK keeps 256 + 256 bytes.
+        match connect_of(&out) {
+            ProtoEvent::MqttConnect {
+                username, password, ..
+            } => {
+                assert_eq!(username.as_deref(), Some(user.as_str()));
+                assert_eq!(password.as_ref().map(Vec::len), Some(5000));
+            }
+            _ => unreachable!(),
+        }
+        assert_eq!(a.pending_held(), 512);
+        a.on_data(Direction::Reverse, b"\x20\x02\x00\x05", &mut out);
+        assert_eq!(
+            logins(&out),
+            vec![&login(&user[..256], &[b'p'; 256], Outcome::Rejected)]
+        );
+        assert_eq!(a.pending_held(), 0);
     }
 
     #[test]

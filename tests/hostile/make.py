@@ -28,6 +28,9 @@ Captures (packet counts at small / full scale):
   auth_pipeline   HTTP sessions that each pipeline requests with a 40 KB Basic Authorization
                   header (a 30 KB password), never answered: each request's credentials wait for
                   a response that never comes (50 / 1,000 sessions of 1 MB)
+  long_names      MQTT clients, one per home address, each with a 30 KB client id publishing to
+                  32 distinct 60 KB topics: what a device's profile keeps of its names
+                  (20 / 300 clients)
   tiny_fragments  IPv4 datagrams cut into 8-byte fragments, out of order and overlapping, and
                   a stream of first fragments whose rest never comes
 """
@@ -311,6 +314,24 @@ def auth_pipeline(path, full):
     return p.close()
 
 
+def long_names(path, full):
+    n = 300 if full else 20
+    p = Pcap(path)
+    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
+    for i in range(n):
+        s = Session(p, "198.18.%d.%d" % (4 + i // 250, 1 + i % 250), "198.18.1.10", 32000 + i, 1883)
+        s.handshake()
+        cid = b"c%05d" % i + b"c" * 30_000
+        s.send(True, b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + struct.pack(">H", len(cid)) + cid)
+        s.send(False, b"\x20\x02\x00\x00")
+        for t in range(32):
+            topic = b"site/%05d/%02d/" % (i, t) + b"t" * 60_000
+            body = struct.pack(">H", len(topic)) + topic + b"21.5"
+            s.send(True, b"\x30" + mqtt_remaining_length(len(body)) + body)
+        s.close()
+    return p.close()
+
+
 def tiny_fragments(path, full):
     n = 200_000 if full else 5_000
     rnd = random.Random(3)
@@ -343,6 +364,7 @@ ALL = {
     "tcp_overlap": tcp_overlap,
     "held_buffers": held_buffers,
     "auth_pipeline": auth_pipeline,
+    "long_names": long_names,
     "tiny_fragments": tiny_fragments,
 }
 

@@ -230,6 +230,49 @@ fn hostile_captures_are_survived_and_counted() {
         .iter()
         .all(|a| a["evidence"]["password_length"] == 256 && a["evidence"]["username"] == "admin"));
 
+    // 20 MQTT clients, each with a 30 KB client id publishing to 32 distinct 60 KB topics: the
+    // devices' profiles keep every topic and id, cut to 256 bytes.
+    let o = run(&[
+        "inventory",
+        "--json",
+        dir.join("long_names.pcap").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let devices: Vec<Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names = |d: &Value, set: &str| -> Vec<String> {
+        d[set]["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let publishers: Vec<&Value> = devices
+        .iter()
+        .filter(|d| !names(d, "mqtt_topics").is_empty())
+        .collect();
+    assert!(publishers.len() >= 15, "{devices:?}");
+    for d in publishers {
+        let topics = names(d, "mqtt_topics");
+        assert_eq!(topics.len(), 32, "{d}");
+        assert!(
+            topics
+                .iter()
+                .all(|t| t.len() == 256 && t.starts_with("site/")),
+            "{d}"
+        );
+        let ids = names(d, "mqtt_client_ids");
+        assert!(
+            ids.len() == 1 && ids[0].len() == 256 && ids[0].starts_with('c'),
+            "{d}"
+        );
+    }
+
     // 8-byte fragments: only first fragments are decoded, and they are too short for TCP.
     let (st, _) = replay(&dir, "tiny_fragments", &config);
     let sk = &st["decoder"]["skipped_by_reason"];
