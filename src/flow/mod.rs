@@ -205,6 +205,42 @@ struct Entry<H> {
     held: u32,
 }
 
+/// The stream memcap of one table, borrowed for one flow's segment.
+struct Memcap<'a> {
+    /// Bytes held by the stream buffers of all flows.
+    total: &'a mut usize,
+    cap: usize,
+    counters: &'a mut ReassemblyCounters,
+}
+
+impl Memcap<'_> {
+    /// Counts what a flow's buffers (`streams` and `h`) hold now, in place of what they held
+    /// (`held`); sheds the flow if the total is then above the cap.
+    fn account<H: StreamHandler>(
+        self,
+        held: &mut u32,
+        streams: &mut [Stream; 2],
+        h: &mut H,
+        out: &mut Vec<H::Event>,
+    ) {
+        let now = streams[0].held() + streams[1].held() + h.held();
+        *self.total = (*self.total + now).saturating_sub(*held as usize);
+        *held = u32::try_from(now).unwrap_or(u32::MAX);
+        if *self.total > self.cap && now > 0 {
+            h.shed(out);
+            streams[0].shed();
+            streams[1].shed();
+            let left = streams[0].held() + streams[1].held() + h.held();
+            let released = now.saturating_sub(left);
+            *self.total = self.total.saturating_sub(released);
+            *held = u32::try_from(left).unwrap_or(u32::MAX);
+            self.counters.memcap_flows += 1;
+            self.counters.memcap_bytes += released as u64;
+        }
+        self.counters.held_peak = self.counters.held_peak.max(*self.total as u64);
+    }
+}
+
 /// The flow table's key: a [`FlowKey`] hashed as five machine words (the derived `Hash` of
 /// the key, which flow ids are made from, writes each field and address byte on its own).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -627,23 +663,12 @@ impl<H: StreamHandler> FlowTable<H> {
                 }
                 // Buffers grow only with data: the memcap is checked on segments that carry some.
                 if p.payload_wire_len > 0 {
-                    let held = e.streams[0].held() + e.streams[1].held() + h.held();
-                    self.held = (self.held + held).saturating_sub(e.held as usize);
-                    e.held = u32::try_from(held).unwrap_or(u32::MAX);
-                    if self.held > self.cfg.reassembly.memcap && held > 0 {
-                        h.shed(&mut self.scratch);
-                        e.streams[0].shed();
-                        e.streams[1].shed();
-                        let left = e.streams[0].held() + e.streams[1].held() + h.held();
-                        let released = held.saturating_sub(left);
-                        self.held = self.held.saturating_sub(released);
-                        e.held = u32::try_from(left).unwrap_or(u32::MAX);
-                        let r = &mut self.counters.reassembly;
-                        r.memcap_flows += 1;
-                        r.memcap_bytes += released as u64;
-                    }
-                    let r = &mut self.counters.reassembly;
-                    r.held_peak = r.held_peak.max(self.held as u64);
+                    let memcap = Memcap {
+                        total: &mut self.held,
+                        cap: self.cfg.reassembly.memcap,
+                        counters: &mut self.counters.reassembly,
+                    };
+                    memcap.account(&mut e.held, &mut e.streams, h, &mut self.scratch);
                 }
                 // Most segments give no event: the metadata is copied only for those that do.
                 if self.scratch.len() > before {
