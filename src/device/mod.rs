@@ -688,7 +688,11 @@ impl Devices {
                     if out_pb.0 == 0 && !self.profiles.contains_key(&id) {
                         continue;
                     }
-                    if let Some(p) = self.profile(id, ip, mac, *window, out) {
+                    // The report does not say when in the window the device sent: a device
+                    // first seen here (a responder's answer) is dated no earlier than its flow's
+                    // first packet, not at the window's start, which can be before the flow.
+                    let seen = (*window).max(meta.first);
+                    if let Some(p) = self.profile(id, ip, mac, seen, out) {
                         p.packets += out_pb.0 + in_pb.0;
                         p.bytes += out_pb.1 + in_pb.1;
                     }

@@ -245,3 +245,33 @@ fn inventory_and_device_events() {
         .iter()
         .any(|e| e["device"]["id"] == "02:00:00:00:01:10" && e["src_ip"] == "198.18.1.10"));
 }
+
+/// A device first seen when it answers a flow (a responder) is announced no earlier than that
+/// flow's first packet: not at the start of the activity window the answer fell in, which can
+/// be before the flow, or the whole capture, began.
+#[test]
+fn device_events_are_not_dated_before_the_capture() {
+    for capture in [
+        "tls/arkime_curl_tls13.pcap",
+        "scan/zeek_vnc_scanner_single_probe.pcap",
+    ] {
+        let o = run(&["replay", "-q", "--flows", pcap(capture).to_str().unwrap()]);
+        assert!(o.status.success(), "{capture}");
+        let ev = events(&o.stdout);
+        // The capture's first flow starts with its first packet (these have no ARP before).
+        let first = of_type(&ev, "flow")
+            .into_iter()
+            .filter_map(|f| f["flow"]["start"].as_str())
+            .min()
+            .unwrap();
+        let devices = of_type(&ev, "device");
+        assert!(!devices.is_empty(), "{capture}");
+        for d in devices {
+            let ts = d["timestamp"].as_str().unwrap();
+            assert!(
+                ts >= first,
+                "{capture}: {d} before the first packet {first}"
+            );
+        }
+    }
+}
