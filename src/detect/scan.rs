@@ -35,7 +35,6 @@ use crate::settings::Settings;
 use crate::time::Timestamp;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 #[derive(Deserialize, Clone, Debug)]
@@ -251,6 +250,21 @@ pub enum ProbeType {
 }
 
 impl ProbeType {
+    /// Every type, in declaration (and `Ord`) order.
+    const ALL: [ProbeType; 11] = [
+        ProbeType::Syn,
+        ProbeType::Connect,
+        ProbeType::Udp,
+        ProbeType::Icmp,
+        ProbeType::Arp,
+        ProbeType::Null,
+        ProbeType::Fin,
+        ProbeType::Xmas,
+        ProbeType::SynFin,
+        ProbeType::OddFlags,
+        ProbeType::Ack,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             ProbeType::Syn => "syn",
@@ -359,7 +373,9 @@ struct Source {
     attempts: u64,
     failed: u64,
     odd: u32,
-    types: BTreeMap<ProbeType, u64>,
+    /// Probes by type (`ProbeType as usize`): an array, not a map, so that a new source
+    /// (every packet of a spoofed flood) allocates one set less.
+    types: [u64; ProbeType::ALL.len()],
     targets_by_class: [u32; 4],
     mirai_targets: u32,
     /// Times this episode was reported (0 = not yet).
@@ -374,6 +390,14 @@ struct Source {
 }
 
 impl Source {
+    /// The probe types seen and their counts, in `ProbeType` order.
+    fn probe_types(&self) -> impl Iterator<Item = (ProbeType, u64)> + '_ {
+        ProbeType::ALL
+            .into_iter()
+            .zip(self.types)
+            .filter(|&(_, n)| n > 0)
+    }
+
     fn new(ts: Timestamp, now: Timestamp) -> Source {
         Source {
             opened: ts,
@@ -390,7 +414,7 @@ impl Source {
             attempts: 0,
             failed: 0,
             odd: 0,
-            types: BTreeMap::new(),
+            types: [0; ProbeType::ALL.len()],
             targets_by_class: [0; 4],
             mirai_targets: 0,
             reports: 0,
@@ -666,7 +690,9 @@ impl ScanDetector {
             .entry(src)
             .or_insert_with(|| Source::new(ts, now));
         s.attempts += 1;
-        *s.types.entry(ty).or_insert(0) += 1;
+        if let Some(n) = s.types.get_mut(ty as usize) {
+            *n += 1;
+        }
         s.first = s.first.min(ts);
         s.last = s.last.max(ts);
         let class = ty.class();
@@ -837,11 +863,9 @@ impl ScanDetector {
         let arp_sweep = c[Class::Arp as usize]
             > c[Class::Tcp as usize] + c[Class::Udp as usize] + c[Class::Icmp as usize];
         let (main_ty, _) = s
-            .types
-            .iter()
-            .filter(|(t, _)| (**t == ProbeType::Arp) == arp_sweep)
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(t, n)| (*t, *n))
+            .probe_types()
+            .filter(|(t, _)| (*t == ProbeType::Arp) == arp_sweep)
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
             .unwrap_or((ProbeType::Arp, 0));
         let by_class = json!({
             "tcp": s.targets_by_class[Class::Tcp as usize],
@@ -850,8 +874,8 @@ impl ScanDetector {
             "arp": s.targets_by_class[Class::Arp as usize],
         });
         let mut types = Map::new();
-        for (t, n) in &s.types {
-            types.insert(t.as_str().into(), (*n).into());
+        for (t, n) in s.probe_types() {
+            types.insert(t.as_str().into(), n.into());
         }
         let ip_targets = s.targets_by_class[Class::Tcp as usize]
             .max(s.targets_by_class[Class::Udp as usize])
@@ -1029,6 +1053,39 @@ fn tcp_probe(r: &FlowRecord) -> Option<(ProbeType, bool)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A source counts probes by `ProbeType as usize`: `ALL` must list every type at its own
+    /// index (a type past the end would not be counted), in `Ord` order (the alert lists them
+    /// in it).
+    #[test]
+    fn probe_types_are_indexed_in_order() {
+        for (i, t) in ProbeType::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i, "{t:?}");
+            // Every variant of the enum, so none is missing from ALL.
+            let known = match t {
+                ProbeType::Syn
+                | ProbeType::Connect
+                | ProbeType::Udp
+                | ProbeType::Icmp
+                | ProbeType::Arp
+                | ProbeType::Null
+                | ProbeType::Fin
+                | ProbeType::Xmas
+                | ProbeType::SynFin
+                | ProbeType::OddFlags
+                | ProbeType::Ack => true,
+            };
+            assert!(known);
+        }
+        assert!(ProbeType::ALL.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(ProbeType::Ack as usize + 1, ProbeType::ALL.len());
+        let mut s = Source::new(Timestamp::ZERO, Timestamp::ZERO);
+        for t in [ProbeType::Ack, ProbeType::Syn, ProbeType::Ack] {
+            s.types[t as usize] += 1;
+        }
+        let seen: Vec<_> = s.probe_types().collect();
+        assert_eq!(seen, [(ProbeType::Syn, 1), (ProbeType::Ack, 2)]);
+    }
 
     #[test]
     fn trw_thresholds_follow_jung() {

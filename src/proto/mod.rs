@@ -246,6 +246,9 @@ pub(crate) enum Control {
 }
 
 enum Engine {
+    /// No byte yet: detection (and its buffers) starts with the first, so that a flow that
+    /// never carries data (a SYN flood's, a scan's) costs no allocation here.
+    Idle,
     Detecting(Box<detect::Detector>),
     Mqtt(Box<mqtt::MqttAnalyzer>),
     Http(Box<http::HttpAnalyzer>),
@@ -358,7 +361,7 @@ impl ProtoState {
             app: AppProto::Unknown,
             encrypted: false,
             flipped: false,
-            engine: Engine::Detecting(Box::new(detect::Detector::new(limits.max_buffer))),
+            engine: Engine::Idle,
         }
     }
 
@@ -366,6 +369,10 @@ impl ProtoState {
     pub fn on_data(&mut self, dir: Direction, data: &[u8], out: &mut Vec<ProtoEvent>) {
         if data.is_empty() {
             return;
+        }
+        if let Engine::Idle = self.engine {
+            let det = detect::Detector::new(self.limits.max_buffer);
+            self.engine = Engine::Detecting(Box::new(det));
         }
         if let Engine::Detecting(det) = &mut self.engine {
             let taken = det.push(dir, data);
@@ -418,7 +425,7 @@ impl ProtoState {
                     *done = true;
                 }
             }
-            Engine::Opaque => {}
+            Engine::Idle | Engine::Opaque => {}
         }
     }
 
@@ -430,7 +437,7 @@ impl ProtoState {
             Engine::Telnet(a) => a.on_close(out),
             Engine::Ftp(a) => a.on_close(out),
             Engine::Smtp(_) | Engine::Tls(_) | Engine::Ssh(_) | Engine::Opaque => {}
-            Engine::Detecting(_) => {}
+            Engine::Idle | Engine::Detecting(_) => {}
         }
         self.engine = Engine::Opaque;
     }
@@ -473,7 +480,7 @@ impl ProtoState {
             Engine::Smtp(a) => a.bytes(m),
             Engine::Tls(a) => a.bytes(m),
             Engine::Ssh(s) => s.line.iter().map(m).sum(),
-            Engine::Opaque => 0,
+            Engine::Idle | Engine::Opaque => 0,
         }
     }
 
@@ -505,7 +512,7 @@ impl ProtoState {
     fn dispatch(&mut self, dir: Direction, data: &[u8], out: &mut Vec<ProtoEvent>) {
         let dir = if self.flipped { flip(dir) } else { dir };
         let ctl = match &mut self.engine {
-            Engine::Detecting(_) | Engine::Opaque => Control::Continue,
+            Engine::Idle | Engine::Detecting(_) | Engine::Opaque => Control::Continue,
             Engine::Mqtt(a) => {
                 a.on_data(dir, data, out);
                 Control::Continue
