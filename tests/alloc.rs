@@ -54,7 +54,14 @@ fn frames(rel: &str) -> Vec<(u32, tapwatch::time::Timestamp, u32, Vec<u8>)> {
 /// Runs decode, flows, reassembly and the protocol analyzers over the frames, and returns
 /// (allocations, packets, flows, application events).
 fn count(fr: &[(u32, tapwatch::time::Timestamp, u32, Vec<u8>)]) -> (u64, u64, u64, u64) {
-    let mut w = Worker::new(&Settings::default());
+    count_with(fr, &Settings::default())
+}
+
+fn count_with(
+    fr: &[(u32, tapwatch::time::Timestamp, u32, Vec<u8>)],
+    settings: &Settings,
+) -> (u64, u64, u64, u64) {
+    let mut w = Worker::new(settings);
     let mut out: Vec<Emitted> = Vec::with_capacity(1024);
     let mut clock = Clock::default();
     let before = allocs();
@@ -112,9 +119,21 @@ fn no_allocation_per_packet() {
     }
     // A flow that never carries a byte (each of a SYN scan's 1,994) allocates nothing of its
     // own: protocol detection starts with the first byte. What is left is the table's growth.
-    let (a, _, flows, _) = count(&frames("scan/ndpi_nmap_syn_scan_1000_ports.pcap"));
+    let scan = frames("scan/ndpi_nmap_syn_scan_1000_ports.pcap");
+    let (a, _, flows, _) = count(&scan);
     assert!(
         flows >= 1_900 && a <= 64,
         "{a} allocations for {flows} flows"
+    );
+    // The same into a table of 100 flows: every new flow evicts one, and the packet's events
+    // (the evicted flow's activity and record, the new flow's start) are put in flow order
+    // in place.
+    let mut small = Settings::default();
+    small.flow.max_flows = 100;
+    let (a, _, flows, _) = count_with(&scan, &small);
+    eprintln!("{a} allocations for {flows} flows in a table of 100");
+    assert!(
+        flows >= 1_900 && a <= 64,
+        "{a} allocations for {flows} flows in a table of 100"
     );
 }
