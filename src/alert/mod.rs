@@ -394,6 +394,10 @@ impl Serialize for TcpPart<'_> {
         t.serialize_entry("state", r.tcp.as_str())?;
         t.serialize_entry("gap_bytes_ts", &r.gaps[Direction::Forward.index()])?;
         t.serialize_entry("gap_bytes_tc", &r.gaps[Direction::Reverse.index()])?;
+        // Only when it happened: inspection stopped at the stream memcap.
+        if r.memcap_shed {
+            t.serialize_entry("reassembly_memcap", &true)?;
+        }
         t.end()
     }
 }

@@ -838,6 +838,7 @@ mod tests {
             app: "unknown",
             gaps: [0; 2],
             synack_seen: true,
+            memcap_shed: false,
         }
     }
 

@@ -215,14 +215,15 @@ struct Memcap<'a> {
 
 impl Memcap<'_> {
     /// Counts what a flow's buffers (`streams` and `h`) hold now, in place of what they held
-    /// (`held`); sheds the flow if the total is then above the cap.
+    /// (`held`); sheds the flow if the total is then above the cap, and says so.
     fn account<H: StreamHandler>(
         self,
         held: &mut u32,
         streams: &mut [Stream; 2],
         h: &mut H,
         out: &mut Vec<H::Event>,
-    ) {
+    ) -> bool {
+        let mut shed = false;
         let now = streams[0].held() + streams[1].held() + h.held();
         *self.total = (*self.total + now).saturating_sub(*held as usize);
         *held = u32::try_from(now).unwrap_or(u32::MAX);
@@ -236,8 +237,10 @@ impl Memcap<'_> {
             *held = u32::try_from(left).unwrap_or(u32::MAX);
             self.counters.memcap_flows += 1;
             self.counters.memcap_bytes += released as u64;
+            shed = true;
         }
         self.counters.held_peak = self.counters.held_peak.max(*self.total as u64);
+        shed
     }
 }
 
@@ -668,7 +671,9 @@ impl<H: StreamHandler> FlowTable<H> {
                         cap: self.cfg.reassembly.memcap,
                         counters: &mut self.counters.reassembly,
                     };
-                    memcap.account(&mut e.held, &mut e.streams, h, &mut self.scratch);
+                    if memcap.account(&mut e.held, &mut e.streams, h, &mut self.scratch) {
+                        e.rec.memcap_shed = true;
+                    }
                 }
                 // Most segments give no event: the metadata is copied only for those that do.
                 if self.scratch.len() > before {
@@ -786,6 +791,7 @@ impl<H: StreamHandler> FlowTable<H> {
                 app: "unknown",
                 gaps: [0; 2],
                 synack_seen: false,
+                memcap_shed: false,
             },
             fins: [false; 2],
             synack: false,

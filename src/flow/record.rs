@@ -121,6 +121,8 @@ pub struct FlowRecord {
     pub gaps: [u64; 2],
     /// The responder answered the initiator's SYN.
     pub synack_seen: bool,
+    /// Inspection of the flow's stream stopped at the stream memcap (its buffers were shed).
+    pub memcap_shed: bool,
 }
 
 impl FlowRecord {

@@ -214,6 +214,25 @@ fn hostile_captures_are_survived_and_counted() {
     let peak = n(&tcp["buffered_peak_bytes"]);
     assert!((3 << 20..=(4 << 20) + 64).contains(&peak), "{st}");
     assert_eq!(plaintext(&alerts), 200);
+    // With the flow log, each shed flow's record says that its inspection stopped there.
+    let o = run(&[
+        "replay",
+        "-q",
+        "--no-model",
+        "--flows",
+        "-c",
+        memcap.to_str().unwrap(),
+        dir.join("held_buffers.pcap").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = events(&o.stdout);
+    let flows = of_type(&ev, "flow");
+    let shed = flows
+        .iter()
+        .filter(|f| f["tcp"]["reassembly_memcap"] == true)
+        .count() as u64;
+    assert_eq!(flows.len(), 200);
+    assert_eq!(shed, n(&final_stats(&ev)["tcp"]["memcap_flows"]));
 
     // 50 HTTP sessions pipelining requests with a 30 KB Basic password, never answered: each
     // waiting request keeps its credentials cut to 256 bytes, counted with the stream buffers
