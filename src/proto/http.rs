@@ -196,6 +196,13 @@ struct PendingLogin {
     method: &'static str,
 }
 
+impl PendingLogin {
+    /// Bytes allocated to the credentials.
+    fn size(&self) -> usize {
+        self.user.capacity() + self.password.as_ref().map_or(0, Vec::capacity)
+    }
+}
+
 struct Pending {
     head: bool,
     connect: bool,
@@ -214,6 +221,9 @@ pub(crate) struct HttpAnalyzer {
     app: AppProto,
     sides: [Side; 2],
     pending: VecDeque<Pending>,
+    /// Bytes allocated to the waiting requests' credentials (kept as they come and go, so the
+    /// memcap's count does not walk the queue).
+    login_bytes: usize,
     /// A gap desynchronised request/response matching: pending logins are
     /// flushed as Unknown at the next call.
     stale: bool,
@@ -227,6 +237,7 @@ impl HttpAnalyzer {
             app: AppProto::Http,
             sides: [Side::new(), Side::new()],
             pending: VecDeque::new(),
+            login_bytes: 0,
             stale: false,
             ws: None,
         }
@@ -253,8 +264,24 @@ impl HttpAnalyzer {
         }
     }
 
+    /// Bytes allocated to a waiting request's credentials.
+    fn login_size(p: &Pending) -> usize {
+        p.login.as_ref().map_or(0, PendingLogin::size)
+    }
+
+    fn push_pending(&mut self, p: Pending) {
+        self.login_bytes += Self::login_size(&p);
+        self.pending.push_back(p);
+    }
+
+    fn pop_pending(&mut self) -> Option<Pending> {
+        let p = self.pending.pop_front()?;
+        self.login_bytes = self.login_bytes.saturating_sub(Self::login_size(&p));
+        Some(p)
+    }
+
     fn flush_pending(&mut self, out: &mut Vec<ProtoEvent>) {
-        while let Some(p) = self.pending.pop_front() {
+        while let Some(p) = self.pop_pending() {
             self.emit_login(p.login, Outcome::Unknown, out);
         }
     }
@@ -515,12 +542,12 @@ impl HttpAnalyzer {
             websocket_mqtt: ws_mqtt,
         });
         if self.pending.len() >= MAX_PENDING {
-            if let Some(p) = self.pending.pop_front() {
+            if let Some(p) = self.pop_pending() {
                 self.emit_login(p.login, Outcome::Unknown, out);
             }
             self.anomaly("http.pipeline_overflow", out);
         }
-        self.pending.push_back(Pending {
+        self.push_pending(Pending {
             head: head_req,
             connect,
             ws_upgrade: upgrade_ws,
@@ -564,11 +591,13 @@ impl HttpAnalyzer {
         if let Some((user, password)) = found {
             if let Some(p) = self.pending.back_mut() {
                 if p.login.is_none() {
-                    p.login = Some(PendingLogin {
-                        user,
-                        password: Some(password),
+                    let login = PendingLogin {
+                        user: clip_str(&user).to_string(),
+                        password: Some(clip_secret(&password).to_vec()),
                         method: "http-form",
-                    });
+                    };
+                    self.login_bytes += login.size();
+                    p.login = Some(login);
                 }
             }
         }
@@ -611,7 +640,7 @@ impl HttpAnalyzer {
             self.set_state(1, State::Headers);
             return;
         }
-        let req = self.pending.pop_front();
+        let req = self.pop_pending();
         let outcome = match status {
             200..=399 => Outcome::Accepted,
             401 | 403 => Outcome::Rejected,
@@ -701,14 +730,8 @@ impl HttpAnalyzer {
     /// Bytes allocated to the requests waiting for their responses (with their credentials),
     /// and to what an MQTT-over-WebSocket session keeps besides its buffers.
     pub(crate) fn pending_held(&self) -> usize {
-        let logins: usize = self
-            .pending
-            .iter()
-            .filter_map(|p| p.login.as_ref())
-            .map(|l| l.user.capacity() + l.password.as_ref().map_or(0, Vec::capacity))
-            .sum();
         let ws = self.ws.as_ref().map_or(0, |w| w.mqtt.pending_held());
-        self.pending.capacity() * std::mem::size_of::<Pending>() + logins + ws
+        self.pending.capacity() * std::mem::size_of::<Pending>() + self.login_bytes + ws
     }
 
     pub(crate) fn on_gap(&mut self, dir: Direction, len: u64) {
@@ -1010,6 +1033,8 @@ mod tests {
         }
         let l = logins(&out);
         assert_eq!(l.len(), 100);
+        // Answered, the requests give their credentials' bytes back.
+        assert_eq!(a.login_bytes, 0);
         let cut = &user[..255];
         assert!(l
             .iter()
