@@ -7,7 +7,7 @@
 pub mod suppress;
 
 use crate::decode::IpText;
-use crate::detect::rules::RuleSet;
+use crate::detect::rules::{Rule, RuleSet};
 use crate::detect::{Admission, Finding, Gate, Kind};
 use crate::flow::{Direction, FlowRecord};
 use crate::time::Timestamp;
@@ -536,37 +536,31 @@ impl Alerter {
         self.suppressor.suppressed
     }
 
-    /// The policy's decision on a finding: `None` when it has no enabled rule or repeats one
-    /// written within its rule's window (both counted), else how many repeats were suppressed
-    /// since the last one written.
-    fn decide(
-        &mut self,
-        kind: Kind,
-        variant: &str,
-        identifier: &str,
-        ts: Timestamp,
-    ) -> Option<u64> {
-        let Some(rule) = self.rules.enabled(kind, variant) else {
-            self.counters.no_rule += 1;
+    /// The alert for a finding, or `None` when it has no enabled rule or is suppressed (both
+    /// counted, unless the detector asked already: see `Gate`).
+    pub fn alert<'a>(&'a mut self, f: &'a Finding) -> Option<AlertOut<'a>> {
+        let Alerter {
+            rules,
+            default_suppress,
+            suppressor,
+            counters,
+        } = self;
+        let Some(rule) = rules.enabled(f.kind, f.variant) else {
+            // An admitted finding had its rule; a missing one is counted once.
+            if f.admission == Admission::Undecided {
+                counters.no_rule += 1;
+            }
             return None;
         };
-        let window = rule.suppress_secs.unwrap_or(self.default_suppress);
-        match self.suppressor.decide(rule.sid, identifier, ts, window) {
-            Decision::Suppress => None,
-            Decision::Write { suppressed_before } => Some(suppressed_before),
-        }
-    }
-
-    /// The alert for a finding, or `None` when it has no enabled rule or is suppressed.
-    pub fn alert<'a>(&'a mut self, f: &'a Finding) -> Option<AlertOut<'a>> {
         let suppressed_before = match f.admission {
-            // Decided when the detector asked (see `Gate`).
+            // Decided when the detector asked.
             Admission::Write { suppressed_before } => suppressed_before,
-            Admission::Undecided => self.decide(f.kind, f.variant, &f.identifier, f.ts)?,
+            Admission::Undecided => {
+                suppress(suppressor, *default_suppress, rule, &f.identifier, f.ts)?
+            }
         };
-        let rule = self.rules.enabled(f.kind, f.variant)?;
-        self.counters.written += 1;
-        if let Some(c) = self.counters.by_kind.get_mut(f.kind.index()) {
+        counters.written += 1;
+        if let Some(c) = counters.by_kind.get_mut(f.kind.index()) {
             *c += 1;
         }
         Some(AlertOut {
@@ -574,6 +568,23 @@ impl Alerter {
             rule,
             suppressed_before,
         })
+    }
+}
+
+/// The suppression policy's decision on a finding of `rule`: `None` for a repeat written within
+/// the rule's window (counted by the suppressor), else how many repeats were suppressed since
+/// the last one written.
+fn suppress(
+    suppressor: &mut Suppressor,
+    default_window: u64,
+    rule: &Rule,
+    identifier: &str,
+    ts: Timestamp,
+) -> Option<u64> {
+    let window = rule.suppress_secs.unwrap_or(default_window);
+    match suppressor.decide(rule.sid, identifier, ts, window) {
+        Decision::Suppress => None,
+        Decision::Write { suppressed_before } => Some(suppressed_before),
     }
 }
 
@@ -587,7 +598,17 @@ impl Gate for Alerter {
         identifier: &str,
         ts: Timestamp,
     ) -> Option<Admission> {
-        let suppressed_before = self.decide(kind, variant, identifier, ts)?;
+        let Some(rule) = self.rules.enabled(kind, variant) else {
+            self.counters.no_rule += 1;
+            return None;
+        };
+        let suppressed_before = suppress(
+            &mut self.suppressor,
+            self.default_suppress,
+            rule,
+            identifier,
+            ts,
+        )?;
         Some(Admission::Write { suppressed_before })
     }
 }
