@@ -84,17 +84,16 @@ impl Suppressor {
         self.seen.retain(|_, (until, _)| *until > ts);
         let room = (self.cap / 8).max(1);
         if self.seen.len() + room > self.cap {
-            let mut ends: Vec<(Timestamp, &(u32, String))> = self
+            let ends: Vec<(Timestamp, &(u32, String))> = self
                 .seen
                 .iter()
                 .map(|(k, (until, _))| (*until, k))
                 .collect();
-            let n = (self.seen.len() + room - self.cap).min(ends.len());
-            if n > 0 && n < ends.len() {
-                ends.select_nth_unstable(n - 1);
-            }
-            let gone: Vec<(u32, String)> =
-                ends.into_iter().take(n).map(|(_, k)| k.clone()).collect();
+            let n = self.seen.len() + room - self.cap;
+            let gone: Vec<(u32, String)> = crate::fast::smallest(ends, n)
+                .into_iter()
+                .map(|(_, k)| k.clone())
+                .collect();
             for k in gone {
                 self.seen.remove(&k);
             }

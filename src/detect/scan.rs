@@ -958,7 +958,7 @@ impl ScanDetector {
 
     /// The source table is full: drop the undeclared sources idle the longest.
     fn evict_sources(&mut self, out: &mut Vec<Finding>) {
-        let mut idle: Vec<(Timestamp, IpAddr)> = self
+        let idle: Vec<(Timestamp, IpAddr)> = self
             .sources
             .iter()
             .filter(|(_, s)| s.declared.is_none())
@@ -966,11 +966,8 @@ impl ScanDetector {
             .collect();
         let n = (self.sources.len() / 4).max(1);
         // The n least recently active (their order does not matter: nothing is written).
-        if idle.len() > n {
-            idle.select_nth_unstable(n - 1);
-        }
         let mut dropped = 0usize;
-        for (_, ip) in idle.into_iter().take(n) {
+        for (_, ip) in crate::fast::smallest(idle, n) {
             self.sources.remove(&ip);
             dropped += 1;
         }

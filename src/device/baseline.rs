@@ -149,12 +149,7 @@ impl Learner {
 
     /// The samples of `id`, made if the learner has room for another device.
     fn samples(&mut self, id: DeviceId) -> Option<&mut Samples> {
-        let full = self.per_device.len() >= self.max_devices;
-        match self.per_device.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(o) => Some(o.into_mut()),
-            hashbrown::hash_map::Entry::Vacant(v) if !full => Some(v.insert(Samples::default())),
-            hashbrown::hash_map::Entry::Vacant(_) => None,
-        }
+        crate::fast::entry_within(&mut self.per_device, id, self.max_devices, Samples::default)
     }
 
     /// One window of one device (with its profile, for peers and services).

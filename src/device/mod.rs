@@ -502,16 +502,13 @@ impl Devices {
     /// new devices: a stream of new devices (spoofed home sources) costs a constant time each,
     /// not a look at every device each.
     fn evict_devices(&mut self) {
-        let mut seen: Vec<(Timestamp, DeviceId)> = self
+        let seen: Vec<(Timestamp, DeviceId)> = self
             .profiles
             .iter()
             .map(|(id, p)| (p.last_seen, *id))
             .collect();
         let n = (seen.len() / 8).max(1);
-        if seen.len() > n {
-            seen.select_nth_unstable(n - 1);
-        }
-        for (_, id) in seen.into_iter().take(n) {
+        for (_, id) in crate::fast::smallest(seen, n) {
             if self.profiles.remove(&id).is_some() {
                 self.counters.evicted += 1;
             }
@@ -532,11 +529,9 @@ impl Devices {
             self.first_window = window.plus_secs(self.cfg.window_secs);
         }
         let devices = self.windows.entry(window).or_default();
-        let full = devices.len() >= self.cfg.max_devices;
-        match devices.entry(id) {
-            hashbrown::hash_map::Entry::Occupied(o) => o.into_mut(),
-            hashbrown::hash_map::Entry::Vacant(v) if !full => v.insert(WindowStats::default()),
-            hashbrown::hash_map::Entry::Vacant(_) => {
+        match crate::fast::entry_within(devices, id, self.cfg.max_devices, WindowStats::default) {
+            Some(s) => s,
+            None => {
                 self.counters.window_overflow += u64::from(count);
                 self.spill = WindowStats::default();
                 &mut self.spill
