@@ -16,8 +16,8 @@ use base64::Engine as _;
 use super::mqtt::MqttAnalyzer;
 use super::websocket::WsDecoder;
 use super::{
-    clip_secret, clip_str, contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction,
-    HttpAuth, Outcome, ProtoEvent,
+    contains_ci, dir_index, starts_with_ci, to_usize, AppProto, Direction, HttpAuth, Outcome,
+    PendingLogin, ProtoEvent,
 };
 
 const MAX_HEADERS: usize = 100;
@@ -190,19 +190,6 @@ impl Side {
     }
 }
 
-struct PendingLogin {
-    user: String,
-    password: Option<Vec<u8>>,
-    method: &'static str,
-}
-
-impl PendingLogin {
-    /// Bytes allocated to the credentials.
-    fn size(&self) -> usize {
-        self.user.capacity() + self.password.as_ref().map_or(0, Vec::capacity)
-    }
-}
-
 struct Pending {
     head: bool,
     connect: bool,
@@ -288,13 +275,7 @@ impl HttpAnalyzer {
 
     fn emit_login(&self, login: Option<PendingLogin>, outcome: Outcome, out: &mut Vec<ProtoEvent>) {
         if let Some(l) = login {
-            out.push(ProtoEvent::Login {
-                app: AppProto::Http,
-                username: l.user,
-                password: l.password,
-                method: l.method,
-                outcome,
-            });
+            out.push(l.event(AppProto::Http, outcome));
         }
     }
 
@@ -507,21 +488,11 @@ impl HttpAnalyzer {
         }
         let ws_mqtt = upgrade_ws && ws_mqtt;
         let login = match &auth {
-            Some(HttpAuth::Basic { user, password }) => Some(PendingLogin {
-                user: clip_str(user).to_string(),
-                password: Some(clip_secret(password).to_vec()),
-                method: "http-basic",
-            }),
-            Some(HttpAuth::Digest { user }) => Some(PendingLogin {
-                user: clip_str(user).to_string(),
-                password: None,
-                method: "http-digest",
-            }),
-            Some(HttpAuth::Bearer { .. }) => Some(PendingLogin {
-                user: String::new(),
-                password: None,
-                method: "http-bearer",
-            }),
+            Some(HttpAuth::Basic { user, password }) => {
+                Some(PendingLogin::new(user, Some(password), "http-basic"))
+            }
+            Some(HttpAuth::Digest { user }) => Some(PendingLogin::new(user, None, "http-digest")),
+            Some(HttpAuth::Bearer { .. }) => Some(PendingLogin::new("", None, "http-bearer")),
             _ => None,
         };
         if auth.as_ref().is_some_and(
@@ -591,11 +562,7 @@ impl HttpAnalyzer {
         if let Some((user, password)) = found {
             if let Some(p) = self.pending.back_mut() {
                 if p.login.is_none() {
-                    let login = PendingLogin {
-                        user: clip_str(&user).to_string(),
-                        password: Some(clip_secret(&password).to_vec()),
-                        method: "http-form",
-                    };
+                    let login = PendingLogin::new(&user, Some(&password), "http-form");
                     self.login_bytes += login.size();
                     p.login = Some(login);
                 }

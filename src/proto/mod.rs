@@ -288,8 +288,42 @@ pub fn clip_str(s: &str) -> &str {
 }
 
 /// `secret` cut to at most [`MAX_KEPT`] bytes.
-pub fn clip_secret(secret: &[u8]) -> &[u8] {
+fn clip_secret(secret: &[u8]) -> &[u8] {
     secret.get(..MAX_KEPT).unwrap_or(secret)
+}
+
+/// A login waiting for its answer (an HTTP response, an MQTT CONNACK), its credentials cut to
+/// [`MAX_KEPT`] bytes.
+pub(crate) struct PendingLogin {
+    user: String,
+    password: Option<Vec<u8>>,
+    method: &'static str,
+}
+
+impl PendingLogin {
+    pub(crate) fn new(user: &str, password: Option<&[u8]>, method: &'static str) -> Self {
+        PendingLogin {
+            user: clip_str(user).to_string(),
+            password: password.map(|p| clip_secret(p).to_vec()),
+            method,
+        }
+    }
+
+    /// Bytes allocated to the credentials (counted by the stream memcap).
+    pub(crate) fn size(&self) -> usize {
+        self.user.capacity() + self.password.as_ref().map_or(0, Vec::capacity)
+    }
+
+    /// The login event, once its outcome is known (or will never be).
+    pub(crate) fn event(self, app: AppProto, outcome: Outcome) -> ProtoEvent {
+        ProtoEvent::Login {
+            app,
+            username: self.user,
+            password: self.password,
+            method: self.method,
+            outcome,
+        }
+    }
 }
 
 impl SshState {

@@ -9,9 +9,7 @@
 //! direction resynchronises at the next chunk that starts with a plausible
 //! fixed header, which also gives mid-stream pickup.
 
-use super::{
-    clip_secret, clip_str, dir_index, to_usize, AppProto, Direction, Outcome, ProtoEvent, Reader,
-};
+use super::{dir_index, to_usize, AppProto, Direction, Outcome, PendingLogin, ProtoEvent, Reader};
 
 // Packet types.
 const CONNECT: u8 = 1;
@@ -239,11 +237,6 @@ fn utf8(b: &[u8], bad: &mut bool) -> String {
             String::from_utf8_lossy(b).into_owned()
         }
     }
-}
-
-struct PendingLogin {
-    username: String,
-    password: Option<Vec<u8>>,
 }
 
 /// A PUBLISH too large to buffer: its head is collected, then skipped.
@@ -511,9 +504,7 @@ impl MqttAnalyzer {
 
     /// Bytes allocated to the login waiting for its CONNACK and to the last topics kept.
     pub(crate) fn pending_held(&self) -> usize {
-        let login = self.pending.as_ref().map_or(0, |l| {
-            l.username.capacity() + l.password.as_ref().map_or(0, Vec::capacity)
-        });
+        let login = self.pending.as_ref().map_or(0, PendingLogin::size);
         let topics: usize = self.last_topic.iter().flatten().map(|t| t.len()).sum();
         login + topics
     }
@@ -541,13 +532,7 @@ impl MqttAnalyzer {
 
     fn flush_login(&mut self, outcome: Outcome, out: &mut Vec<ProtoEvent>) {
         if let Some(p) = self.pending.take() {
-            out.push(ProtoEvent::Login {
-                app: self.app,
-                username: p.username,
-                password: p.password,
-                method: "mqtt-connect",
-                outcome,
-            });
+            out.push(p.event(self.app, outcome));
         }
     }
 
@@ -666,10 +651,7 @@ impl MqttAnalyzer {
         self.flush_login(Outcome::Unknown, out);
         self.level = Some(level);
         if let Some(u) = &username {
-            self.pending = Some(PendingLogin {
-                username: clip_str(u).to_string(),
-                password: password.as_deref().map(|p| clip_secret(p).to_vec()),
-            });
+            self.pending = Some(PendingLogin::new(u, password.as_deref(), "mqtt-connect"));
         }
         out.push(ProtoEvent::MqttConnect {
             level,
