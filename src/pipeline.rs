@@ -360,9 +360,10 @@ impl FrameSink for Reader {
 /// The settings of one of `n` workers: the flow table cap and the stream memcap are the
 /// sensor's totals, so each shard holds its share of them (flows are spread evenly by hash).
 fn shard_settings(settings: &Settings, n: usize) -> Settings {
+    let share = |total: usize| total.div_ceil(n.max(1)).max(1);
     let mut s = settings.clone();
-    s.flow.max_flows = settings.flow.max_flows.div_ceil(n.max(1)).max(1);
-    s.flow.reassembly.memcap = settings.flow.reassembly.memcap.div_ceil(n.max(1)).max(1);
+    s.flow.max_flows = share(settings.flow.max_flows);
+    s.flow.reassembly.memcap = share(settings.flow.reassembly.memcap);
     s
 }
 

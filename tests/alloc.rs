@@ -131,7 +131,6 @@ fn no_allocation_per_packet() {
     let mut small = Settings::default();
     small.flow.max_flows = 100;
     let (a, _, flows, _) = count_with(&scan, &small);
-    eprintln!("{a} allocations for {flows} flows in a table of 100");
     assert!(
         flows >= 1_900 && a <= 64,
         "{a} allocations for {flows} flows in a table of 100"

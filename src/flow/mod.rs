@@ -223,11 +223,11 @@ impl Memcap<'_> {
         h: &mut H,
         out: &mut Vec<H::Event>,
     ) -> bool {
-        let mut shed = false;
         let now = streams[0].held() + streams[1].held() + h.held();
         *self.total = (*self.total + now).saturating_sub(*held as usize);
         *held = u32::try_from(now).unwrap_or(u32::MAX);
-        if *self.total > self.cap && now > 0 {
+        let shed = *self.total > self.cap && now > 0;
+        if shed {
             h.shed(out);
             streams[0].shed();
             streams[1].shed();
@@ -237,7 +237,6 @@ impl Memcap<'_> {
             *held = u32::try_from(left).unwrap_or(u32::MAX);
             self.counters.memcap_flows += 1;
             self.counters.memcap_bytes += released as u64;
-            shed = true;
         }
         self.counters.held_peak = self.counters.held_peak.max(*self.total as u64);
         shed
@@ -976,32 +975,55 @@ mod tests {
     use crate::decode::{Net, Vlans};
     use std::net::{IpAddr, Ipv4Addr};
 
-    /// A UDP packet between a numbered client (198.18.x.y) and 198.19.0.1:53, at second `t`.
-    fn udp(client: u32, to_server: bool, t: u64, vlan: Vlans, vni: Option<u32>) -> PacketSummary {
-        let c = IpAddr::V4(Ipv4Addr::from(0xc612_0000 | client));
-        let s = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
-        let cport = 40_000 + (client % 1000) as u16;
-        let (src, dst, sport, dport) = if to_server {
-            (c, s, cport, 53)
-        } else {
-            (s, c, 53, cport)
-        };
+    /// Numbered client `n` (198.18.x.y) and the server, 198.19.0.1.
+    fn client(n: u32) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(0xc612_0000 | n))
+    }
+    const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1));
+
+    /// A packet from `src` to `dst` at second `t`, carrying `payload` bytes after its headers.
+    fn packet(src: IpAddr, dst: IpAddr, l4: Transport, payload: u32, t: u64) -> PacketSummary {
         PacketSummary {
             ts: Timestamp::from_secs(1_000 + t),
-            wire_len: 80,
+            wire_len: 54 + payload,
             src_mac: None,
             dst_mac: None,
-            vlan,
-            vni,
+            vlan: Vlans::default(),
+            vni: None,
             net: Net::Ip {
                 src,
                 dst,
                 ttl: 64,
-                l4: Transport::Udp { sport, dport },
+                l4,
             },
-            payload_off: 42,
-            payload_len: 0,
-            payload_wire_len: 0,
+            payload_off: 54,
+            payload_len: payload,
+            payload_wire_len: payload,
+        }
+    }
+
+    /// The flow records among a table's events.
+    fn records<E>(out: &[FlowEvent<E>]) -> Vec<&FlowRecord> {
+        out.iter()
+            .filter_map(|e| match e {
+                FlowEvent::Flow(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A UDP packet between a numbered client and the server's port 53, at second `t`.
+    fn udp(n: u32, to_server: bool, t: u64, vlan: Vlans, vni: Option<u32>) -> PacketSummary {
+        let cport = 40_000 + (n % 1000) as u16;
+        let (src, dst, sport, dport) = if to_server {
+            (client(n), SERVER, cport, 53)
+        } else {
+            (SERVER, client(n), 53, cport)
+        };
+        PacketSummary {
+            vlan,
+            vni,
+            ..packet(src, dst, Transport::Udp { sport, dport }, 0, t)
         }
     }
 
@@ -1019,13 +1041,8 @@ mod tests {
                 t.observe(&p, &[], &mut out);
             }
         }
-        let mut recs = Vec::new();
         t.drain(&mut out);
-        for e in out {
-            if let FlowEvent::Flow(r) = e {
-                recs.push(r);
-            }
-        }
+        let recs = records(&out).into_iter().copied().collect();
         (t, recs)
     }
 
@@ -1057,32 +1074,18 @@ mod tests {
         }
     }
 
-    /// A TCP segment of `flow` (198.18.0.x:40000 -> 198.19.0.1:1883) carrying `data` at `seq`.
+    /// A TCP segment of client `flow`'s connection to the server's port 1883 carrying `data` at
+    /// `seq`.
     fn segment(flow: u32, seq: u32, data: &[u8]) -> PacketSummary {
-        PacketSummary {
-            ts: Timestamp::from_secs(1_000),
-            wire_len: 54 + data.len() as u32,
-            src_mac: None,
-            dst_mac: None,
-            vlan: Vlans::default(),
-            vni: None,
-            net: Net::Ip {
-                src: IpAddr::V4(Ipv4Addr::from(0xc612_0000 | flow)),
-                dst: IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)),
-                ttl: 64,
-                l4: Transport::Tcp {
-                    sport: 40_000,
-                    dport: 1883,
-                    flags: crate::decode::TcpFlags(crate::decode::TcpFlags::ACK),
-                    seq,
-                    ack: 1,
-                    win: 512,
-                },
-            },
-            payload_off: 54,
-            payload_len: data.len() as u32,
-            payload_wire_len: data.len() as u32,
-        }
+        let l4 = Transport::Tcp {
+            sport: 40_000,
+            dport: 1883,
+            flags: crate::decode::TcpFlags(crate::decode::TcpFlags::ACK),
+            seq,
+            ack: 1,
+            win: 512,
+        };
+        packet(client(flow), SERVER, l4, data.len() as u32, 0)
     }
 
     #[test]
@@ -1123,13 +1126,7 @@ mod tests {
         // Ended flows give their bytes back.
         t.drain(&mut out);
         assert_eq!(t.held, 0);
-        let recs: Vec<_> = out
-            .iter()
-            .filter_map(|e| match e {
-                FlowEvent::Flow(r) => Some(r),
-                _ => None,
-            })
-            .collect();
+        let recs = records(&out);
         assert_eq!(recs.len(), 20);
         assert_eq!(recs.iter().map(|r| r.fwd.packets).sum::<u64>(), 20 * 12 + 1);
     }

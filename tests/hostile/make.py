@@ -176,6 +176,12 @@ def mqtt_remaining_length(n):
             return bytes(out)
 
 
+def mqtt_connect(cid):
+    """An MQTT 3.1.1 CONNECT with client id `cid`, clean session, no credentials."""
+    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
+    return b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + struct.pack(">H", len(cid)) + cid
+
+
 def mqtt_huge(path, full):
     filler = 16 << 20 if full else 1 << 20
     p = Pcap(path)
@@ -275,15 +281,13 @@ def held_buffers(path, full):
     for i in range(n):
         cli = "198.18.%d.%d" % (2 + i // 250, 1 + i % 250)
         sessions.append(Session(p, cli, "198.18.1.10", 30000 + i % 30000, 1883))
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
     body = 60_000
     # A PUBLISH claiming 61,000 bytes (under the parsers' 64 KiB buffer), 60,000 of them sent.
     publish = b"\x30" + mqtt_remaining_length(61_000) + b"\x00\x03a/b" + b"p" * body
     for s in sessions:
         s.handshake()
     for i, s in enumerate(sessions):
-        cid = b"dev%05d" % i
-        s.send(True, b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + b"\x00" + bytes([len(cid)]) + cid)
+        s.send(True, mqtt_connect(b"dev%05d" % i))
         s.send(False, b"\x20\x02\x00\x00")
     for s in sessions:
         s.send(True, publish)
@@ -317,12 +321,10 @@ def auth_pipeline(path, full):
 def long_names(path, full):
     n = 300 if full else 20
     p = Pcap(path)
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
     for i in range(n):
         s = Session(p, "198.18.%d.%d" % (4 + i // 250, 1 + i % 250), "198.18.1.10", 32000 + i, 1883)
         s.handshake()
-        cid = b"c%05d" % i + b"c" * 30_000
-        s.send(True, b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + struct.pack(">H", len(cid)) + cid)
+        s.send(True, mqtt_connect(b"c%05d" % i + b"c" * 30_000))
         s.send(False, b"\x20\x02\x00\x00")
         for t in range(32):
             topic = b"site/%05d/%02d/" % (i, t) + b"t" * 60_000

@@ -219,19 +219,16 @@ fn hostile_captures_are_survived_and_counted() {
     assert!((3 << 20..=(4 << 20) + 64).contains(&peak), "{st}");
     assert_eq!(plaintext(&alerts), 200);
     // With the flow log, each shed flow's record says that its inspection stopped there.
-    let o = run(&[
-        "replay",
-        "-q",
-        "--workers",
-        "2",
-        "--no-model",
-        "--flows",
-        "-c",
-        memcap.to_str().unwrap(),
-        dir.join("held_buffers.pcap").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ev = events(&o.stdout);
+    let ev = replay_events(
+        &[&dir.join("held_buffers.pcap")],
+        &[
+            "--workers",
+            "2",
+            "--no-model",
+            "-c",
+            memcap.to_str().unwrap(),
+        ],
+    );
     let flows = of_type(&ev, "flow");
     let shed = flows
         .iter()
