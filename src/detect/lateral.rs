@@ -400,7 +400,7 @@ impl LateralDetector {
         match ev {
             Emitted::Started(m) => {
                 self.tick(m.first, scan, out);
-                self.on_start(m, out);
+                self.on_start(m, scan, out);
             }
             Emitted::App { ts, .. } => self.tick(*ts, scan, out),
             Emitted::Activity { .. } => {}
@@ -456,12 +456,11 @@ impl LateralDetector {
             return;
         }
         self.last_sweep = self.now;
-        let idle = self.p.idle_secs;
         let now = self.now;
         let mut done: Vec<_> = self
             .pairs
             .iter()
-            .filter(|(_, p)| p.open == 0 && now.secs_since(p.active) >= idle)
+            .filter(|(_, p)| self.ended(p, now))
             .map(|(k, p)| (p.first, *k))
             .collect();
         done.sort();
@@ -470,6 +469,11 @@ impl LateralDetector {
                 out.extend(self.finding(k, &p, scan));
             }
         }
+    }
+
+    /// A pair's episode is over at `now`: no flow of it open, and quiet for `idle_secs`.
+    fn ended(&self, p: &Pair, now: Timestamp) -> bool {
+        p.open == 0 && now.secs_since(p.active) >= self.p.idle_secs
     }
 
     /// Remembers that `a` and `b` talked; true when they had before.
@@ -512,7 +516,7 @@ impl LateralDetector {
         self.admin.get(&m.responder.port).map(String::as_str)
     }
 
-    fn on_start(&mut self, m: &FlowMeta, out: &mut Vec<Finding>) {
+    fn on_start(&mut self, m: &FlowMeta, scan: &ScanDetector, out: &mut Vec<Finding>) {
         let (s, d) = (m.initiator.ip, m.responder.ip);
         if s == d {
             return;
@@ -548,6 +552,18 @@ impl LateralDetector {
         }
         if !self.lateral_on {
             return;
+        }
+        // An episode that is over is reported before this flow, whether a sweep has come by
+        // since or not: where an episode ends depends on its flows' times, not on how much
+        // other traffic there was.
+        if self
+            .pairs
+            .get(&(s, d))
+            .is_some_and(|p| self.ended(p, self.now))
+        {
+            if let Some(p) = self.pairs.remove(&(s, d)) {
+                out.extend(self.finding((s, d), &p, scan));
+            }
         }
         let open_pair = self.pairs.contains_key(&(s, d));
         // Admin ports, the rest of an open episode, and first contacts (DCE/RPC on a dynamic
@@ -894,6 +910,51 @@ mod tests {
         assert_eq!(out[1].evidence["service"], "ssh");
         assert_eq!(out[1].evidence["first_contact"], true);
         assert_eq!(out[1].evidence["new_admin_peer"], true);
+    }
+
+    /// Where an episode of a pair ends depends on its flows' times only: a detector that swept
+    /// just before the pair's next session (other traffic made it sweep, and it sweeps at most
+    /// once a second) and one that did not give the same alerts.
+    #[test]
+    fn episodes_end_at_the_same_session_whatever_other_traffic_came_between() {
+        let st = Settings::default();
+        let rules = RuleSet::embedded().unwrap();
+        let scan = ScanDetector::new(&st, &rules).unwrap();
+        let mut busy = LateralDetector::new(&st, &rules).unwrap();
+        let mut quiet = LateralDetector::new(&st, &rules).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        // An SSH session of 2 s, then (60.5 s after its end) another between the same hosts.
+        let first = meta("198.18.0.5", 40000, "198.18.0.9", 22, 100);
+        let mut second = meta("198.18.0.5", 40001, "198.18.0.9", 22, 162);
+        second.first = Timestamp(second.first.0 + 500_000_000);
+        // Other traffic 0.6 s before the second session: the episode is not over yet.
+        let other = meta("198.18.0.6", 40002, "198.18.0.7", 1883, 100);
+        let ping = Emitted::App {
+            meta: other,
+            ts: Timestamp(second.first.0 - 600_000_000),
+            dir: crate::flow::Direction::Forward,
+            event: crate::proto::ProtoEvent::MqttPing,
+        };
+        for (i, m) in [first, second].into_iter().enumerate() {
+            if i == 1 {
+                busy.on_event(&ping, &scan, &mut a);
+            }
+            for ev in [Emitted::Started(m), Emitted::Flow(record(m, 2))] {
+                busy.on_event(&ev, &scan, &mut a);
+                quiet.on_event(&ev, &scan, &mut b);
+            }
+        }
+        busy.finish(&scan, &mut a);
+        quiet.finish(&scan, &mut b);
+        let show = |v: &[Finding]| {
+            v.iter()
+                .map(|f| format!("{:?} {:?}", f.kind, f.evidence.iter().collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
+        // The first session is the new admin peer's alert; the second, a known admin peer, none.
+        assert_eq!(a.len(), 1, "{:?}", show(&a));
+        assert_eq!(a[0].evidence["flows"], 1);
+        assert_eq!(show(&a), show(&b));
     }
 
     #[test]

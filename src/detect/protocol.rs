@@ -81,6 +81,14 @@ struct BruteParams {
 fn d_failures() -> u32 {
     5
 }
+impl BruteParams {
+    /// An episode seen from `first` to `last` is over at `now`: quiet for the window, or run
+    /// for as long as an episode is reported.
+    fn ended(&self, first: Timestamp, last: Timestamp, now: Timestamp) -> bool {
+        now.secs_since(last) >= self.window_secs || now.secs_since(first) >= self.max_episode_secs
+    }
+}
+
 fn d_window() -> u64 {
     60
 }
@@ -627,6 +635,18 @@ impl ProtocolDetector {
         }
         // Brute force: failures per source and service.
         let key = (meta.initiator.ip, meta.responder.ip, meta.responder.port);
+        // An episode that ended before this login (quiet for the window, or as long as an
+        // episode runs) is closed first, whether a sweep has come by since or not: where an
+        // episode ends depends on the logins' times, not on how much other traffic there was.
+        if self
+            .episodes
+            .get(&key)
+            .is_some_and(|e| self.brute.ended(e.first, e.last, ts))
+        {
+            if let Some(e) = self.episodes.remove(&key) {
+                out.extend(self.episode_finding(e));
+            }
+        }
         if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
             self.evicted += self.episodes.len() as u64;
             self.episodes.clear();
@@ -679,10 +699,7 @@ impl ProtocolDetector {
         let mut done: Vec<_> = self
             .episodes
             .iter()
-            .filter(|(_, e)| {
-                now.secs_since(e.last) >= p.window_secs
-                    || now.secs_since(e.first) >= p.max_episode_secs
-            })
+            .filter(|(_, e)| p.ended(e.first, e.last, now))
             .map(|(k, e)| (e.first, e.meta.id, *k))
             .collect();
         done.sort_unstable();
@@ -694,9 +711,7 @@ impl ProtocolDetector {
         let mut done: Vec<_> = self
             .ssh
             .iter()
-            .filter(|(_, v)| {
-                now.secs_since(v.1) >= p.window_secs || now.secs_since(v.0) >= p.max_episode_secs
-            })
+            .filter(|(_, v)| p.ended(v.0, v.1, now))
             .map(|(k, v)| (v.0, v.3.id, *k))
             .collect();
         done.sort_unstable();
@@ -1040,6 +1055,66 @@ mod tests {
         assert_eq!(ev["password_spraying"], true);
         let want: Vec<String> = (0..10).map(|i| format!("u{i:02}")).collect();
         assert_eq!(ev["usernames"], serde_json::json!(want));
+    }
+
+    /// Where a brute-force episode ends depends on the logins' times only: a detector that saw
+    /// other traffic (whose events sweep the episodes at most once a second) and one that saw
+    /// only the logins give the same alerts.
+    #[test]
+    fn episodes_end_at_the_same_login_whatever_other_traffic_came_between() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut busy = ProtocolDetector::new(&rs, false).unwrap();
+        let mut quiet = ProtocolDetector::new(&rs, false).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let (other, _) = login_in_flow(99);
+        let at = |ms: u64| Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000);
+        // Ten failures in 9 s, then (60.5 s after the last) ten more: two episodes of ten. The
+        // busy detector also sees an event 0.6 s before the second run, which sweeps then
+        // (the first episode is not over yet) and not again until a second later.
+        let times: Vec<u64> = (0..10)
+            .map(|i| i * 1_000)
+            .chain((0..10).map(|i| 69_500 + i * 1_000))
+            .collect();
+        for (n, &ms) in times.iter().enumerate() {
+            if ms == 69_500 {
+                let ping = ProtoEvent::MqttPing;
+                busy.on_app(
+                    &other,
+                    at(68_900),
+                    Direction::Forward,
+                    &ping,
+                    &mut Ungated,
+                    &mut a,
+                );
+            }
+            let (meta, _) = login_in_flow(n as u64);
+            let ev = ProtoEvent::Login {
+                app: AppProto::Telnet,
+                username: format!("user{n}"),
+                password: Some(b"guess".to_vec()),
+                method: "telnet",
+                outcome: Outcome::Rejected,
+            };
+            for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
+                d.on_app(&meta, at(ms), Direction::Forward, &ev, &mut Ungated, out);
+            }
+        }
+        busy.finish(&mut a);
+        quiet.finish(&mut b);
+        let brute = |v: &[Finding]| {
+            v.iter()
+                .filter(|f| f.kind == Kind::BruteForce)
+                .map(|f| format!("{:?}", f.evidence.iter().collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
+        let (a, b) = (brute(&a), brute(&b));
+        assert_eq!(a.len(), 2, "{a:?}");
+        assert!(
+            a.iter()
+                .all(|e| e.contains("(\"failed_logins\", Number(10))")),
+            "{a:?}"
+        );
+        assert_eq!(a, b);
     }
 
     #[test]

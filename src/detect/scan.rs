@@ -423,6 +423,15 @@ impl Source {
     }
 }
 
+/// What a sweep does to a source's episode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Quiet for `idle_secs`: reported and forgotten.
+    Ended,
+    /// Declared and running for `max_episode_secs` since its last report: reported again.
+    Report,
+}
+
 /// The scan detector.
 pub struct ScanDetector {
     p: ScanParams,
@@ -552,38 +561,61 @@ impl ScanDetector {
             self.pending.remove(&k);
             self.outcome(k.0, false);
         }
-        let idle = self.p.idle_secs;
-        let max_ep = self.p.max_episode_secs;
         let mut done: Vec<IpAddr> = Vec::new();
         let mut long: Vec<IpAddr> = Vec::new();
         for (ip, s) in &self.sources {
-            if now.secs_since(s.active) >= idle {
-                done.push(*ip);
-            } else if s.declared.is_some()
-                && now.secs_since(if s.reports == 0 {
-                    s.first
-                } else {
-                    s.reported_at
-                }) >= max_ep
-            {
-                long.push(*ip);
+            match self.due(s, now) {
+                Some(Due::Ended) => done.push(*ip),
+                Some(Due::Report) => long.push(*ip),
+                None => {}
             }
         }
         done.sort();
         long.sort();
-        for ip in done {
-            if let Some(s) = self.sources.remove(&ip) {
-                self.report(ip, &s, false, out);
-            }
+        for ip in done.into_iter().chain(long) {
+            self.settle(ip, out);
         }
-        for ip in long {
-            if let Some(mut s) = self.sources.remove(&ip) {
-                if self.report(ip, &s, true, out) {
-                    s.reports += 1;
-                    s.reported_at = now;
+    }
+
+    /// What a sweep at `now` does to source `s`'s episode.
+    fn due(&self, s: &Source, now: Timestamp) -> Option<Due> {
+        if now.secs_since(s.active) >= self.p.idle_secs {
+            Some(Due::Ended)
+        } else if s.declared.is_some()
+            && now.secs_since(if s.reports == 0 {
+                s.first
+            } else {
+                s.reported_at
+            }) >= self.p.max_episode_secs
+        {
+            Some(Due::Report)
+        } else {
+            None
+        }
+    }
+
+    /// Does to source `ip` what a sweep now would: reports an episode that went quiet (and
+    /// forgets it), or writes a long one's periodic report. Called by the sweep, and before a
+    /// source's next probe is counted, so that where an episode ends or is reported depends
+    /// on the probes' times, not on when other traffic last made the detector sweep.
+    fn settle(&mut self, ip: IpAddr, out: &mut Vec<Finding>) {
+        let now = self.now;
+        match self.sources.get(&ip).and_then(|s| self.due(s, now)) {
+            Some(Due::Ended) => {
+                if let Some(s) = self.sources.remove(&ip) {
+                    self.report(ip, &s, false, out);
                 }
-                self.sources.insert(ip, s);
             }
+            Some(Due::Report) => {
+                if let Some(mut s) = self.sources.remove(&ip) {
+                    if self.report(ip, &s, true, out) {
+                        s.reports += 1;
+                        s.reported_at = now;
+                    }
+                    self.sources.insert(ip, s);
+                }
+            }
+            None => {}
         }
     }
 
@@ -680,6 +712,7 @@ impl ScanDetector {
         out: &mut Vec<Finding>,
     ) -> bool {
         let now = self.now;
+        self.settle(src, out);
         if !self.sources.contains_key(&src) && self.sources.len() >= self.p.max_sources {
             self.evict_sources(out);
         }
@@ -1154,6 +1187,50 @@ mod tests {
         assert_eq!(f.evidence["ports"], 20);
         assert_eq!(f.evidence["failed"], 19);
         assert_eq!(f.evidence["targets"], 1);
+    }
+
+    /// Where a scan episode ends depends on the probes' times only: a detector that swept
+    /// just before the source's next probe (other traffic made it sweep, and it sweeps at most
+    /// once a second) and one that did not give the same alerts.
+    #[test]
+    fn episodes_end_at_the_same_probe_whatever_other_traffic_came_between() {
+        let st = Settings::default();
+        let mut busy = ScanDetector::new(&st, &rules_with("")).unwrap();
+        let mut quiet = ScanDetector::new(&st, &rules_with("")).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let scanner: IpAddr = "198.18.1.5".parse().unwrap();
+        let target: IpAddr = "198.18.1.9".parse().unwrap();
+        let ms = |ms: u64| Timestamp(ts(0).0 + ms * 1_000_000);
+        // Twenty ports a second apart, none answering; 60.5 s after the last, twenty more.
+        let times = (1..=20u64)
+            .map(|i| i * 1_000)
+            .chain((0..20).map(|i| 80_500 + i * 1_000));
+        for (port, t) in (1..=40u16).zip(times) {
+            if t == 80_500 {
+                // Other traffic 0.6 s before: the episode is not over yet (59.9 s quiet).
+                busy.tick(ms(79_900), &mut a);
+            }
+            for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
+                d.tick(ms(t), out);
+                if d.contact(scanner, target, port, ProbeType::Syn, ms(t), out) {
+                    d.outcome(scanner, false);
+                }
+            }
+        }
+        busy.finish(&mut a);
+        quiet.finish(&mut b);
+        let show = |v: &[Finding]| {
+            v.iter()
+                .map(|f| format!("{:?} {:?}", f.kind, f.evidence.iter().collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(a.len(), 2, "{:?}", show(&a));
+        assert!(
+            a.iter().all(|f| f.evidence["ports"] == 20),
+            "{:?}",
+            show(&a)
+        );
+        assert_eq!(show(&a), show(&b));
     }
 
     #[test]
