@@ -11,8 +11,9 @@
 //! each class keeps its own least-recently-seen list) and are sliced by an active timeout. At the
 //! end of input, [`FlowTable::drain`] ends every flow. The stream buffers of all flows (the
 //! out-of-order buffers and the handlers' own, [`StreamHandler::held`]) are held to the
-//! memcap: a flow whose buffers grow while the table's total is above it is shed
-//! ([`StreamHandler::shed`]), and counted.
+//! memcap: when a flow's buffers grow past it, flows of the largest size class held are shed
+//! ([`StreamHandler::shed`]) until the total is under it again, and counted; flows that pin
+//! the cap with large buffers go before those that need a little once it is full.
 
 pub mod key;
 pub mod reassembly;
@@ -55,8 +56,8 @@ pub trait StreamHandler: Sized {
     fn held(&self) -> usize {
         0
     }
-    /// The worker's stream buffers reached their memcap while this flow's grew: hand on what
-    /// is pending (as at the flow's end), release every buffer and inspect nothing more.
+    /// The worker's stream buffers passed their memcap and this flow holds among the most: hand
+    /// on what is pending (as at the flow's end), release every buffer and inspect nothing more.
     fn shed(&mut self, out: &mut Vec<Self::Event>) {
         self.on_close(out);
     }
@@ -187,6 +188,15 @@ enum Class {
 }
 const CLASSES: usize = 5;
 const NIL: u32 = u32::MAX;
+/// Flows shed at most for one segment at the memcap.
+const MAX_SHED_PER_SEGMENT: usize = 8;
+/// Size classes of the flows holding stream buffers: class c holds 2^(c-1) to 2^c - 1 bytes.
+const SIZE_CLASSES: usize = 33;
+
+/// The size class of `held` bytes (1 to 32 for a flow that holds some).
+fn size_class(held: u32) -> usize {
+    32 - held.leading_zeros() as usize
+}
 
 struct Entry<H> {
     rec: FlowRecord,
@@ -203,44 +213,9 @@ struct Entry<H> {
     /// Bytes the flow's stream buffers held after its last segment (counted in
     /// `FlowTable::held`).
     held: u32,
-}
-
-/// The stream memcap of one table, borrowed for one flow's segment.
-struct Memcap<'a> {
-    /// Bytes held by the stream buffers of all flows.
-    total: &'a mut usize,
-    cap: usize,
-    counters: &'a mut ReassemblyCounters,
-}
-
-impl Memcap<'_> {
-    /// Counts what a flow's buffers (`streams` and `h`) hold now, in place of what they held
-    /// (`held`); sheds the flow if the total is then above the cap, and says so.
-    fn account<H: StreamHandler>(
-        self,
-        held: &mut u32,
-        streams: &mut [Stream; 2],
-        h: &mut H,
-        out: &mut Vec<H::Event>,
-    ) -> bool {
-        let now = streams[0].held() + streams[1].held() + h.held();
-        *self.total = (*self.total + now).saturating_sub(*held as usize);
-        *held = u32::try_from(now).unwrap_or(u32::MAX);
-        let shed = *self.total > self.cap && now > 0;
-        if shed {
-            h.shed(out);
-            streams[0].shed();
-            streams[1].shed();
-            let left = streams[0].held() + streams[1].held() + h.held();
-            let released = now.saturating_sub(left);
-            *self.total = self.total.saturating_sub(released);
-            *held = u32::try_from(left).unwrap_or(u32::MAX);
-            self.counters.memcap_flows += 1;
-            self.counters.memcap_bytes += released as u64;
-        }
-        self.counters.held_peak = self.counters.held_peak.max(*self.total as u64);
-        shed
-    }
+    /// Position in `FlowTable::holders[size_class]` while `held` > 0 (NIL otherwise).
+    holder: u32,
+    size_class: u8,
 }
 
 /// The flow table's key: a [`FlowKey`] hashed as five machine words (the derived `Hash` of
@@ -362,6 +337,9 @@ pub struct FlowTable<H: StreamHandler> {
     /// Bytes held by the stream buffers (out-of-order and parsers) of all flows, held to
     /// `cfg.reassembly.memcap`.
     held: usize,
+    /// The flows whose buffers hold something (slab indexes), by size class: the memcap sheds
+    /// from the largest class.
+    holders: [Vec<u32>; SIZE_CLASSES],
     pub counters: FlowCounters,
 }
 
@@ -386,6 +364,7 @@ impl<H: StreamHandler> FlowTable<H> {
             tick_window: Timestamp::ZERO,
             home: Vec::new(),
             held: 0,
+            holders: std::array::from_fn(|_| Vec::new()),
             counters: FlowCounters::default(),
         }
     }
@@ -663,17 +642,6 @@ impl<H: StreamHandler> FlowTable<H> {
                         &mut self.counters.reassembly,
                     );
                 }
-                // Buffers grow only with data: the memcap is checked on segments that carry some.
-                if p.payload_wire_len > 0 {
-                    let memcap = Memcap {
-                        total: &mut self.held,
-                        cap: self.cfg.reassembly.memcap,
-                        counters: &mut self.counters.reassembly,
-                    };
-                    if memcap.account(&mut e.held, &mut e.streams, h, &mut self.scratch) {
-                        e.rec.memcap_shed = true;
-                    }
-                }
                 // Most segments give no event: the metadata is copied only for those that do.
                 if self.scratch.len() > before {
                     let (meta, dir) = if h.roles_swapped() {
@@ -691,6 +659,19 @@ impl<H: StreamHandler> FlowTable<H> {
                     }
                 }
             }
+            // Buffers grow only with data: the memcap is checked on segments that carry some.
+            if p.payload_wire_len > 0 && e.handler.is_some() && !e.rec.memcap_shed {
+                let held = e.streams[0].held()
+                    + e.streams[1].held()
+                    + e.handler.as_ref().map_or(0, StreamHandler::held);
+                self.set_held(idx, held, true);
+                if self.held > self.cfg.reassembly.memcap {
+                    self.relieve(idx, p.ts, out);
+                }
+                self.counters.reassembly.held_peak =
+                    self.counters.reassembly.held_peak.max(self.held as u64);
+            }
+            let e = &mut self.slab[i];
             new_class = match e.rec.tcp {
                 TcpState::Closed | TcpState::Reset => Class::Closed,
                 TcpState::Established | TcpState::Closing => Class::Established,
@@ -800,6 +781,8 @@ impl<H: StreamHandler> FlowTable<H> {
             streams: [Stream::default(), Stream::default()],
             live: true,
             held: 0,
+            holder: NIL,
+            size_class: 0,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -903,8 +886,8 @@ impl<H: StreamHandler> FlowTable<H> {
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
         e.rec.synack_seen = e.synack;
         e.streams = [Stream::default(), Stream::default()];
-        self.held = self.held.saturating_sub(e.held as usize);
-        e.held = 0;
+        self.set_held(idx, 0, false);
+        let e = &mut self.slab[idx as usize];
         let key = e.key();
         let mut rec = e.rec;
         if swapped {
@@ -921,6 +904,96 @@ impl<H: StreamHandler> FlowTable<H> {
         self.free.push(idx);
         self.counters.ended += 1;
         out.push(FlowEvent::Flow(rec));
+    }
+
+    /// Counts `held` bytes for flow `idx`'s buffers in place of what they held, and keeps the
+    /// lists of flows that hold some and can be shed (`sheddable`), by size class.
+    fn set_held(&mut self, idx: u32, held: usize, sheddable: bool) {
+        let e = &mut self.slab[idx as usize];
+        self.held = (self.held + held).saturating_sub(e.held as usize);
+        e.held = u32::try_from(held).unwrap_or(u32::MAX);
+        let want = (e.held > 0 && sheddable).then(|| size_class(e.held));
+        let have = (e.holder != NIL).then_some(usize::from(e.size_class));
+        if want == have {
+            return;
+        }
+        if let Some(c) = have {
+            let at = e.holder;
+            e.holder = NIL;
+            self.holders[c].swap_remove(at as usize);
+            if let Some(&moved) = self.holders[c].get(at as usize) {
+                self.slab[moved as usize].holder = at;
+            }
+        }
+        if let Some(c) = want {
+            let e = &mut self.slab[idx as usize];
+            e.holder = self.holders[c].len() as u32;
+            e.size_class = c as u8;
+            self.holders[c].push(idx);
+        }
+    }
+
+    /// The buffers are above the memcap after flow `grew`'s grew: sheds a flow of the largest
+    /// size class held (`grew` itself if it is one), until the total is back under the cap.
+    /// Flows that hold much (those pinning the cap) go first, not whichever flow happens to need
+    /// a few bytes once the cap is reached.
+    fn relieve(&mut self, grew: u32, ts: Timestamp, out: &mut Vec<FlowEvent<H::Event>>) {
+        // Each shed flow releases at least half of the largest class: a few rounds are enough,
+        // and the bound keeps one segment's work small whatever the holders.
+        for _ in 0..MAX_SHED_PER_SEGMENT {
+            if self.held <= self.cfg.reassembly.memcap {
+                return;
+            }
+            let Some(c) = (1..SIZE_CLASSES)
+                .rev()
+                .find(|&c| !self.holders[c].is_empty())
+            else {
+                return;
+            };
+            let g = &self.slab[grew as usize];
+            let victim = if g.holder != NIL && usize::from(g.size_class) == c {
+                grew
+            } else {
+                match self.holders[c].last() {
+                    Some(&v) => v,
+                    None => return,
+                }
+            };
+            self.shed(victim, ts, out);
+        }
+    }
+
+    /// Sheds flow `idx` at the memcap: its handler hands on what is pending (as at the flow's
+    /// end), its buffers are released, and nothing more of it is inspected.
+    fn shed(&mut self, idx: u32, ts: Timestamp, out: &mut Vec<FlowEvent<H::Event>>) {
+        let e = &mut self.slab[idx as usize];
+        let Some(h) = e.handler.as_mut() else {
+            return;
+        };
+        let before = self.scratch.len();
+        h.shed(&mut self.scratch);
+        e.streams[0].shed();
+        e.streams[1].shed();
+        let left = e.streams[0].held() + e.streams[1].held() + h.held();
+        let meta = if h.roles_swapped() {
+            e.rec.meta.swapped()
+        } else {
+            e.rec.meta
+        };
+        e.rec.memcap_shed = true;
+        let released = (e.held as usize).saturating_sub(left);
+        self.counters.reassembly.memcap_flows += 1;
+        self.counters.reassembly.memcap_bytes += released as u64;
+        for ev in self.scratch.drain(before..) {
+            out.push(FlowEvent::App {
+                meta,
+                ts,
+                dir: Direction::Forward,
+                event: ev,
+            });
+        }
+        // A shed flow buffers nothing more: it leaves the holders whatever it keeps.
+        self.set_held(idx, left, false);
     }
 
     fn evict_one(&mut self, out: &mut Vec<FlowEvent<H::Event>>) {
@@ -1088,11 +1161,30 @@ mod tests {
         packet(client(flow), SERVER, l4, data.len() as u32, 0)
     }
 
+    /// The flows whose records say they were shed at the memcap, by client number.
+    fn shed_clients<E>(out: &[FlowEvent<E>]) -> Vec<u32> {
+        let mut v: Vec<u32> = records(out)
+            .iter()
+            .filter(|r| r.memcap_shed)
+            .filter_map(|r| match r.meta.initiator.ip {
+                IpAddr::V4(a) => Some(u32::from(a) & 0xffff),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A table of hoarding flows whose stream buffers are held to `memcap` bytes.
+    fn hoarding_table(memcap: usize) -> FlowTable<Hoard> {
+        let mut cfg = FlowConfig::default();
+        cfg.reassembly.memcap = memcap;
+        FlowTable::new(cfg)
+    }
+
     #[test]
     fn stream_buffers_are_held_to_the_memcap() {
-        let mut cfg = FlowConfig::default();
-        cfg.reassembly.memcap = 64 << 10;
-        let mut t = FlowTable::<Hoard>::new(cfg);
+        let mut t = hoarding_table(64 << 10);
         let mut out = Vec::new();
         let data = [b'x'; 1000];
         // 20 flows, each handed 8 KB in order and 4 KB beyond a one-byte hole: about 13 KiB of
@@ -1112,23 +1204,62 @@ mod tests {
             .iter()
             .filter(|e| matches!(e, FlowEvent::App { event: "shed", .. }))
             .count();
-        // Five flows fit (about 13 KiB each); each later one is shed as its buffers grow past
-        // the cap, says so once, and buffers nothing out of order.
+        // Five flows fit (about 13 KiB each): as each later one grows past the cap, one of
+        // the largest is shed (a full one, or itself once as large), says so once, and buffers
+        // nothing more.
         assert_eq!(r.memcap_flows, 15, "{r:?}");
         assert_eq!(shed, 15);
-        assert_eq!(r.ooo_segments, 5 * 4, "{r:?}");
-        assert!(r.memcap_bytes >= 15 * 4096, "{r:?}");
+        assert!(r.memcap_bytes >= 15 * 8_192, "{r:?}");
         assert!(r.held_peak <= 64 << 10 && r.held_peak >= 48 << 10, "{r:?}");
         // A shed flow takes no more data: its segments still count.
-        let before = r.delivered_bytes;
-        t.observe(&segment(19, 12_100, &data), &data, &mut out);
-        assert_eq!(t.counters.reassembly.delivered_bytes, before);
+        let delivered = r.delivered_bytes;
+        let shed_ip = t
+            .slab
+            .iter()
+            .find(|e| e.rec.memcap_shed)
+            .map(|e| e.rec.meta.initiator.ip);
+        let first_shed = (0..20).find(|&f| Some(client(f)) == shed_ip);
+        let first_shed = first_shed.expect("a shed flow");
+        t.observe(&segment(first_shed, 12_100, &data), &data, &mut out);
+        assert_eq!(t.counters.reassembly.delivered_bytes, delivered);
         // Ended flows give their bytes back.
         t.drain(&mut out);
         assert_eq!(t.held, 0);
+        assert!(t.holders.iter().all(Vec::is_empty));
         let recs = records(&out);
         assert_eq!(recs.len(), 20);
         assert_eq!(recs.iter().map(|r| r.fwd.packets).sum::<u64>(), 20 * 12 + 1);
+        assert_eq!(shed_clients(&out).len(), 15);
+    }
+
+    /// Flows that fill the memcap and hold on (an attacker's, stalled behind a hole) are shed
+    /// to make room, not the flows that need a little buffer once it is full.
+    #[test]
+    fn flows_pinning_the_memcap_are_shed_before_small_ones() {
+        let mut t = hoarding_table(64 << 10);
+        let mut out = Vec::new();
+        let kb = [b'p'; 1024];
+        // Clients 0..5 each hold 12 KiB (in order, hoarded): 60 of the 64 KiB.
+        for f in 0..5 {
+            for k in 0..12 {
+                t.observe(&segment(f, 100 + 1024 * k, &kb), &kb, &mut out);
+            }
+        }
+        assert_eq!(t.counters.reassembly.memcap_flows, 0);
+        // Then 10 clients that each buffer 1 KiB beyond a hole, and fill it (and hoard it).
+        let (one, small) = ([b'h'; 1], [b's'; 1024]);
+        for f in 100..110 {
+            t.observe(&segment(f, 100, &one), &one, &mut out);
+            t.observe(&segment(f, 1_125, &small), &small, &mut out);
+            t.observe(&segment(f, 101, &small), &small, &mut out);
+            assert!(t.held <= 64 << 10, "client {f}: {} held", t.held);
+        }
+        t.drain(&mut out);
+        // Pinning clients went; every small one was inspected whole.
+        let shed = shed_clients(&out);
+        assert!(!shed.is_empty() && shed.iter().all(|&c| c < 5), "{shed:?}");
+        assert_eq!(t.counters.reassembly.ooo_segments, 10);
+        assert_eq!(t.counters.reassembly.gaps, 0);
     }
 
     #[test]

@@ -19,9 +19,10 @@ pub struct ReassemblyLimits {
     /// Out-of-order segments buffered per direction. Default 16.
     pub max_ooo_segments: usize,
     /// Bytes that the out-of-order buffers and the protocol parsers' buffers of all TCP flows
-    /// may hold together, over all workers (each of N holds 1/N). A flow whose buffers grow
-    /// while the worker's total is above it is shed: its buffers are released and nothing more
-    /// of it is inspected (its packets are still counted). Default 64 MiB.
+    /// may hold together, over all workers (each of N holds 1/N). When a flow's buffers grow
+    /// past it, the flows holding the most (by size class) are shed until the total is under
+    /// it again: their buffers are released and nothing more of them is inspected (their
+    /// packets are still counted). Default 64 MiB.
     pub memcap: usize,
 }
 

@@ -25,6 +25,10 @@ Captures (packet counts at small / full scale):
                   directions, then 16 segments beyond a one-byte hole each way: every session holds
                   the most its parsers and reassembly buffer per flow, all at once
                   (200 / 5,000 sessions)
+  memcap_pin      held_buffers' sessions (enough to fill the hostile suite's 4 MiB memcap), then
+                  10 operators logging in to the broker with CONNECTs of 24 KB whose halves
+                  arrive reversed: their credentials can only be read from buffered bytes
+                  (60 / 600 pinning sessions)
   auth_pipeline   HTTP sessions that each pipeline requests with a 40 KB Basic Authorization
                   header (a 30 KB password), never answered: each request's credentials wait for
                   a response that never comes (50 / 1,000 sessions of 1 MB)
@@ -274,12 +278,12 @@ def tcp_overlap(path, full):
     return p.close()
 
 
-def held_buffers(path, full):
-    n = 5_000 if full else 200
-    p = Pcap(path)
+def hold_buffers(p, n, net=2):
+    """`n` MQTT sessions (clients 198.18.`net`.x and up) that each leave a 60 KB PUBLISH
+    unfinished in both directions, then 16 segments beyond a one-byte hole each way."""
     sessions = []
     for i in range(n):
-        cli = "198.18.%d.%d" % (2 + i // 250, 1 + i % 250)
+        cli = "198.18.%d.%d" % (net + i // 250, 1 + i % 250)
         sessions.append(Session(p, cli, "198.18.1.10", 30000 + i % 30000, 1883))
     body = 60_000
     # A PUBLISH claiming 61,000 bytes (under the parsers' 64 KiB buffer), 60,000 of them sent.
@@ -298,6 +302,38 @@ def held_buffers(path, full):
             base = s.cseq if from_client else s.sseq
             for k in range(16):
                 s.pkt(from_client, PSH | ACK, b"o" * 2000, seq=base + 1 + 2000 * k)
+
+
+def held_buffers(path, full):
+    p = Pcap(path)
+    hold_buffers(p, 5_000 if full else 200)
+    return p.close()
+
+
+def memcap_pin(path, full):
+    p = Pcap(path)
+    # Sessions that pin the stream memcap of the hostile suite's test (4 MiB), as held_buffers.
+    hold_buffers(p, 600 if full else 60)
+    # Then operators log in: each CONNECT carries a 24 KB will message before its username and
+    # password, and its second half arrives before its first (reordered on the way): the
+    # sensor must buffer both to read the credentials.
+    for i in range(10):
+        s = Session(p, "198.18.9.%d" % (1 + i), "198.18.1.10", 41000 + i, 1883)
+        s.handshake()
+        var = b"\x00\x04MQTT\x04\xc6\x00\x3c"
+        fields = [b"op%02d" % i, b"site/op/will", b"w" * 24_000, b"operator", b"s3cret-%02d" % i]
+        payload = b"".join(struct.pack(">H", len(f)) + f for f in fields)
+        connect = b"\x10" + mqtt_remaining_length(len(var) + len(payload)) + var + payload
+        half = len(connect) // 2
+        for part in range(half, len(connect), 1400):
+            s.pkt(True, PSH | ACK, connect[part:part + 1400], seq=s.cseq + part)
+        for part in range(0, half, 1400):
+            s.pkt(True, PSH | ACK, connect[part:min(part + 1400, half)], seq=s.cseq + part)
+        s.cseq += len(connect)
+        s.send(False, b"\x20\x02\x00\x00")
+        body = struct.pack(">H", 11) + b"site/op/cmd" + b"on"
+        s.send(True, b"\x30" + mqtt_remaining_length(len(body)) + body)
+        s.close()
     return p.close()
 
 
@@ -365,6 +401,7 @@ ALL = {
     "telnet_iac": telnet_iac,
     "tcp_overlap": tcp_overlap,
     "held_buffers": held_buffers,
+    "memcap_pin": memcap_pin,
     "auth_pipeline": auth_pipeline,
     "long_names": long_names,
     "tiny_fragments": tiny_fragments,

@@ -236,6 +236,27 @@ fn hostile_captures_are_survived_and_counted() {
         .count() as u64;
     assert_eq!(flows.len(), 200);
     assert_eq!(shed, n(&final_stats(&ev)["tcp"]["memcap_flows"]));
+    // 60 such sessions fill the 4 MiB memcap and hold on; then ten operators log in with
+    // CONNECTs whose halves arrive reversed, readable only from buffered bytes. The sessions
+    // pinning the cap are shed to make room, not the operators': every operator's credentials
+    // are seen (when the flow whose buffers grew was shed instead, 2 of the 10 were).
+    let (st, alerts) = replay(&dir, "memcap_pin", &memcap);
+    let tcp = &st["tcp"];
+    assert!(n(&tcp["memcap_flows"]) >= 30, "{st}");
+    assert!(n(&tcp["buffered_peak_bytes"]) <= (4 << 20) + 64, "{st}");
+    let mut operators: Vec<String> = alerts
+        .iter()
+        .filter(|a| {
+            a["alert"]["kind"] == "cleartext_credentials"
+                && a["evidence"]["username"] == "operator"
+                && a["evidence"]["outcome"] == "accepted"
+        })
+        .map(|a| a["src_ip"].as_str().unwrap_or_default().to_string())
+        .collect();
+    operators.sort();
+    operators.dedup();
+    assert_eq!(operators.len(), 10, "{operators:?}");
+    assert!(operators.iter().all(|ip| ip.starts_with("198.18.9.")));
 
     // 50 HTTP sessions pipelining requests with a 30 KB Basic password, never answered: each
     // waiting request keeps its credentials cut to 256 bytes, counted with the stream buffers
