@@ -881,6 +881,16 @@ impl ProtocolDetector {
                     r.meta.responder.ip,
                     r.meta.responder.port,
                 );
+                // As for logins: an episode over by this session's end is closed first.
+                if self
+                    .ssh
+                    .get(&key)
+                    .is_some_and(|v| self.brute.ended(v.0, v.1, r.last))
+                {
+                    if let Some(v) = self.ssh.remove(&key) {
+                        out.extend(self.ssh_finding(v));
+                    }
+                }
                 if !self.ssh.contains_key(&key) && self.ssh.len() >= MAX_TRACKED {
                     self.evicted += self.ssh.len() as u64;
                     self.ssh.clear();
@@ -1115,6 +1125,65 @@ mod tests {
             "{a:?}"
         );
         assert_eq!(a, b);
+    }
+
+    /// The same for SSH, judged from short sessions: ten, a quiet minute, ten more.
+    #[test]
+    fn ssh_episodes_end_at_the_same_session_whatever_other_traffic_came_between() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut busy = ProtocolDetector::new(&rs, false).unwrap();
+        let mut quiet = ProtocolDetector::new(&rs, false).unwrap();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let at = |ms: u64| Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000);
+        let session = |n: u64, ms: u64| {
+            let (mut meta, _) = login_in_flow(n);
+            meta.responder.port = 22;
+            meta.first = at(ms);
+            FlowRecord {
+                meta,
+                start: at(ms),
+                last: at(ms + 500),
+                fwd: Default::default(),
+                rev: Default::default(),
+                tcp: crate::flow::TcpState::Closed,
+                end: crate::flow::FlowEnd::Fin,
+                app: "ssh",
+                gaps: [0; 2],
+                synack_seen: true,
+                memcap_shed: false,
+            }
+        };
+        let (other, _) = login_in_flow(99);
+        // Sessions end at 0.5, 1.5 ... 9.5 s; the second ten from 70.1 s (60.6 s quiet), and
+        // the busy detector sees other traffic at 69.4 s (59.9 s quiet: not over yet).
+        let times = (0..10u64)
+            .map(|i| i * 1_000)
+            .chain((0..10).map(|i| 69_600 + i * 1_000));
+        for (n, ms) in times.enumerate() {
+            if ms == 69_600 {
+                let ping = ProtoEvent::MqttPing;
+                busy.on_app(
+                    &other,
+                    at(69_400),
+                    Direction::Forward,
+                    &ping,
+                    &mut Ungated,
+                    &mut a,
+                );
+            }
+            let r = session(n as u64, ms);
+            busy.on_flow_end(&r, &mut a);
+            quiet.on_flow_end(&r, &mut b);
+        }
+        busy.finish(&mut a);
+        quiet.finish(&mut b);
+        let show = |v: &[Finding]| {
+            v.iter()
+                .map(|f| format!("{:?}", f.evidence.iter().collect::<Vec<_>>()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(a.len(), 2, "{:?}", show(&a));
+        assert_eq!(show(&a), show(&b));
     }
 
     #[test]
