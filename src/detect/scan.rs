@@ -654,9 +654,7 @@ impl ScanDetector {
                     1 if self.contact(s, t, 0, ProbeType::Arp, p.ts, out) => {
                         self.add_pending((s, t, Class::Arp), p.ts);
                     }
-                    2 if self.pending.remove(&(t, s, Class::Arp)).is_some() => {
-                        self.outcome(t, true);
-                    }
+                    2 => self.answer((t, s, Class::Arp)),
                     _ => {}
                 }
             }
@@ -680,11 +678,21 @@ impl ScanDetector {
                     if self.contact(src, dst, 0, ProbeType::Icmp, p.ts, out) {
                         self.add_pending((src, dst, Class::Icmp), p.ts);
                     }
-                } else if reply && self.pending.remove(&(dst, src, Class::Icmp)).is_some() {
-                    self.outcome(dst, true);
+                } else if reply {
+                    self.answer((dst, src, Class::Icmp));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// A reply to probe `k`: a success if it came within the probe timeout. One that came
+    /// later is the failure a sweep would have counted already (sweeps run at most once a
+    /// second: when is not the reply's to decide).
+    fn answer(&mut self, k: (IpAddr, IpAddr, Class)) {
+        if let Some(sent) = self.pending.remove(&k) {
+            let timely = self.now.secs_since(sent) < self.p.probe_timeout_secs;
+            self.outcome(k.0, timely);
         }
     }
 
@@ -1231,6 +1239,33 @@ mod tests {
             show(&a)
         );
         assert_eq!(show(&a), show(&b));
+    }
+
+    /// A reply that comes after the probe timeout is a failure, whether a sweep has counted it
+    /// already (other traffic came since) or not.
+    #[test]
+    fn a_late_reply_is_a_failure_whatever_other_traffic_came_between() {
+        let st = Settings::default();
+        let src: IpAddr = "198.18.1.5".parse().unwrap();
+        let dst: IpAddr = "198.18.1.9".parse().unwrap();
+        let ms = |ms: u64| Timestamp(ts(0).0 + ms * 1_000_000);
+        let mut failed = Vec::new();
+        for busy in [false, true] {
+            let mut d = ScanDetector::new(&st, &rules_with("")).unwrap();
+            let mut out = Vec::new();
+            // An echo request at 0 s, its reply 5.3 s later (the timeout is 5 s); the busy
+            // detector saw other traffic at 4.9 s, and swept then.
+            d.tick(ms(0), &mut out);
+            assert!(d.contact(src, dst, 0, ProbeType::Icmp, ms(0), &mut out));
+            d.add_pending((src, dst, Class::Icmp), ms(0));
+            if busy {
+                d.tick(ms(4_900), &mut out);
+            }
+            d.tick(ms(5_300), &mut out);
+            d.answer((src, dst, Class::Icmp));
+            failed.push(d.sources.get(&src).map(|s| s.failed));
+        }
+        assert_eq!(failed, [Some(1), Some(1)]);
     }
 
     #[test]
