@@ -821,7 +821,8 @@ fn capture_add(a: &mut crate::capture::CaptureCounters, b: &crate::capture::Capt
 }
 
 /// Formats the `bench` report.
-pub fn bench_report(r: &ReplayReport) -> String {
+/// `peak_anon`: the run's peak anonymous memory ([`crate::stats::AnonPeak`]), if known.
+pub fn bench_report(r: &ReplayReport, peak_anon: Option<u64>) -> String {
     let secs = r.wall.as_secs_f64().max(1e-9);
     let pkts = r.stats.decode.packets;
     let bytes = r.stats.decode.bytes;
@@ -861,8 +862,16 @@ pub fn bench_report(r: &ReplayReport) -> String {
             share(&c.back)
         );
     }
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     if let Some(rss) = crate::stats::peak_rss_bytes() {
-        s += &format!("peak RSS     {:.1} MiB\n", rss as f64 / (1u64 << 20) as f64);
+        s += &format!("peak RSS     {:.1} MiB\n", mib(rss));
+    }
+    // The heap and stacks apart from the capture's mapped pages (given back as they are read).
+    if let Some(anon) = peak_anon {
+        s += &format!(
+            "peak anon    {:.1} MiB (heap and stacks, sampled every 10 ms)\n",
+            mib(anon)
+        );
     }
     s
 }

@@ -24,7 +24,8 @@ pub enum Command {
     /// Validate the config, the rules and the model, then exit (non-zero on any problem).
     Check(CheckArgs),
     /// Replay a capture with output discarded and report packets/s, Gbit/s, time per stage (one
-    /// worker) or CPU time per thread (several) and peak RSS.
+    /// worker) or CPU time per thread (several), peak RSS and peak anonymous memory (the heap,
+    /// apart from the capture's mapped pages).
     Bench(BenchArgs),
     /// Learn per-device baselines and the outlier model from normal traffic; write a model file.
     Train(TrainArgs),

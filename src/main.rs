@@ -101,8 +101,9 @@ fn run(cli: Cli) -> Result<Outcome, AppError> {
                 learning,
                 workers: a.workers.count(),
             };
+            let anon = tapwatch::stats::AnonPeak::start();
             let r = app::replay(&s, rules, &opts, &stop)?;
-            print!("{}", app::bench_report(&r));
+            print!("{}", app::bench_report(&r, anon.stop()));
             Ok(r.outcome)
         }
         Command::Check(c) => {

@@ -147,12 +147,57 @@ impl Stats {
     }
 }
 
-/// Peak resident set size of this process in bytes (Linux: VmHWM), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
+/// A line `key: N kB` of `/proc/self/status` (Linux), in bytes.
+fn status_bytes(key: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = s
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// Peak resident set size of this process in bytes (Linux: VmHWM), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    status_bytes("VmHWM")
+}
+
+/// Anonymous resident memory of this process in bytes (Linux: RssAnon): the heap and the
+/// stacks, without the pages of a memory-mapped capture, which VmHWM counts.
+pub fn anon_bytes() -> Option<u64> {
+    status_bytes("RssAnon")
+}
+
+/// The peak of [`anon_bytes`] over a run (`tapwatch bench`), sampled every 10 ms of wall time
+/// by a thread of its own: the kernel keeps the peak of the whole RSS, not of its anonymous
+/// part. A peak shorter than the interval can be missed.
+pub struct AnonPeak {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Option<u64>>,
+}
+
+impl AnonPeak {
+    pub fn start() -> AnonPeak {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = anon_bytes()?;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                peak = peak.max(anon_bytes()?);
+            }
+            Some(peak)
+        });
+        AnonPeak { stop, thread }
+    }
+
+    /// Stops sampling; the peak, if the system tells it.
+    pub fn stop(self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let last = anon_bytes();
+        self.thread.join().ok().flatten().max(last)
+    }
 }
 
 /// CPU time the calling thread has run so far (Linux: the first field of

@@ -194,4 +194,15 @@ fn bench_reports_rates() {
     for k in ["packets/s", "Gbit/s", "decode", "flow+proto", "peak RSS"] {
         assert!(s.contains(k), "{k} missing in {s}");
     }
+    // The heap and stacks apart (where Linux tells them): some, and within the peak RSS.
+    let mib = |key: &str| {
+        s.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|t| t.contains("RssAnon:")) {
+        let (anon, rss) = (mib("peak anon"), mib("peak RSS"));
+        assert!(anon.zip(rss).is_some_and(|(a, r)| a > 0.0 && a <= r), "{s}");
+    }
 }
