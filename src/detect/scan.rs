@@ -687,8 +687,8 @@ impl ScanDetector {
     }
 
     /// A reply to probe `k`: a success if it came within the probe timeout. One that came
-    /// later is the failure a sweep would have counted already (sweeps run at most once a
-    /// second: when is not the reply's to decide).
+    /// later is the failure that a sweep counts; sweeps run at most once a second, so whether
+    /// one came between the timeout and the reply must not decide it.
     fn answer(&mut self, k: (IpAddr, IpAddr, Class)) {
         if let Some(sent) = self.pending.remove(&k) {
             let timely = self.now.secs_since(sent) < self.p.probe_timeout_secs;
