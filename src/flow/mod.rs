@@ -223,6 +223,13 @@ struct Entry<H> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct TableKey(FlowKey);
 
+impl<H: StreamHandler> Entry<H> {
+    /// Bytes the flow's stream buffers hold now: the out-of-order buffers and the handler's.
+    fn buffered(&self) -> usize {
+        self.streams[0].held() + self.streams[1].held() + self.handler.as_ref().map_or(0, H::held)
+    }
+}
+
 impl<H> Entry<H> {
     /// The flow's canonical key, read back from its record (its `lo` end is the initiator or
     /// the responder): the index does not store keys.
@@ -241,6 +248,34 @@ impl<H> Entry<H> {
             vni: m.vni.unwrap_or(0),
         }
     }
+}
+
+/// A flow's metadata as its handler's events carry it: the ends exchanged when the handler
+/// found that the initiator guessed for a flow picked up mid-stream is the server.
+fn event_meta(meta: &FlowMeta, swapped: bool) -> FlowMeta {
+    if swapped {
+        meta.swapped()
+    } else {
+        *meta
+    }
+}
+
+/// Hands on the handler events written to `scratch` from `before` on, as the flow's
+/// (`meta`) application events at `ts` in direction `dir`.
+fn hand_on<E>(
+    scratch: &mut Vec<E>,
+    before: usize,
+    meta: FlowMeta,
+    ts: Timestamp,
+    dir: Direction,
+    out: &mut Vec<FlowEvent<E>>,
+) {
+    out.extend(scratch.drain(before..).map(|event| FlowEvent::App {
+        meta,
+        ts,
+        dir,
+        event,
+    }));
 }
 
 /// The index's hash of a flow key.
@@ -644,26 +679,15 @@ impl<H: StreamHandler> FlowTable<H> {
                 }
                 // Most segments give no event: the metadata is copied only for those that do.
                 if self.scratch.len() > before {
-                    let (meta, dir) = if h.roles_swapped() {
-                        (e.rec.meta.swapped(), dir.flip())
-                    } else {
-                        (e.rec.meta, dir)
-                    };
-                    for ev in self.scratch.drain(before..) {
-                        out.push(FlowEvent::App {
-                            meta,
-                            ts: p.ts,
-                            dir,
-                            event: ev,
-                        });
-                    }
+                    let swapped = h.roles_swapped();
+                    let dir = if swapped { dir.flip() } else { dir };
+                    let meta = event_meta(&e.rec.meta, swapped);
+                    hand_on(&mut self.scratch, before, meta, p.ts, dir, out);
                 }
             }
             // Buffers grow only with data: the memcap is checked on segments that carry some.
             if p.payload_wire_len > 0 && e.handler.is_some() && !e.rec.memcap_shed {
-                let held = e.streams[0].held()
-                    + e.streams[1].held()
-                    + e.handler.as_ref().map_or(0, StreamHandler::held);
+                let held = e.buffered();
                 self.set_held(idx, held, true);
                 if self.held > self.cfg.reassembly.memcap {
                     self.relieve(idx, p.ts, out);
@@ -856,11 +880,7 @@ impl<H: StreamHandler> FlowTable<H> {
         let mut swapped = false;
         if let Some(mut h) = e.handler.take() {
             swapped = h.roles_swapped();
-            let meta = if swapped {
-                e.rec.meta.swapped()
-            } else {
-                e.rec.meta
-            };
+            let meta = event_meta(&e.rec.meta, swapped);
             let before = self.scratch.len();
             for d in [Direction::Forward, Direction::Reverse] {
                 e.streams[d.index()].flush(
@@ -873,14 +893,7 @@ impl<H: StreamHandler> FlowTable<H> {
             }
             h.on_close(&mut self.scratch);
             e.rec.app = h.app_name();
-            for ev in self.scratch.drain(before..) {
-                out.push(FlowEvent::App {
-                    meta,
-                    ts,
-                    dir: Direction::Forward,
-                    event: ev,
-                });
-            }
+            hand_on(&mut self.scratch, before, meta, ts, Direction::Forward, out);
         }
         e.rec.end = end;
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
@@ -978,24 +991,13 @@ impl<H: StreamHandler> FlowTable<H> {
         h.shed(&mut self.scratch);
         e.streams[0].shed();
         e.streams[1].shed();
-        let left = e.streams[0].held() + e.streams[1].held() + h.held();
-        let meta = if h.roles_swapped() {
-            e.rec.meta.swapped()
-        } else {
-            e.rec.meta
-        };
+        let meta = event_meta(&e.rec.meta, h.roles_swapped());
         e.rec.memcap_shed = true;
+        let left = e.buffered();
         let released = (e.held as usize).saturating_sub(left);
         self.counters.reassembly.memcap_flows += 1;
         self.counters.reassembly.memcap_bytes += released as u64;
-        for ev in self.scratch.drain(before..) {
-            out.push(FlowEvent::App {
-                meta,
-                ts,
-                dir: Direction::Forward,
-                event: ev,
-            });
-        }
+        hand_on(&mut self.scratch, before, meta, ts, Direction::Forward, out);
         // A shed flow buffers nothing more: it leaves the holders whatever it keeps.
         self.set_held(idx, left, false);
     }
@@ -1170,13 +1172,45 @@ mod tests {
         let mut v: Vec<u32> = records(out)
             .iter()
             .filter(|r| r.memcap_shed)
-            .filter_map(|r| match r.meta.initiator.ip {
-                IpAddr::V4(a) => Some(u32::from(a) & 0xffff),
-                IpAddr::V6(_) => None,
-            })
+            .filter_map(|r| client_number(r.meta.initiator.ip))
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// The number `n` of address `client(n)`.
+    fn client_number(ip: IpAddr) -> Option<u32> {
+        match ip {
+            IpAddr::V4(a) => Some(u32::from(a) & 0xffff),
+            IpAddr::V6(_) => None,
+        }
+    }
+
+    /// Hands client `f`'s flow `count` segments of `chunk`, back to back from `seq`; the
+    /// stream buffers never hold more than the memcap.
+    fn hand(
+        t: &mut FlowTable<Hoard>,
+        f: u32,
+        seq: u32,
+        chunk: &[u8],
+        count: u32,
+        out: &mut Vec<FlowEvent<&'static str>>,
+    ) {
+        for k in 0..count {
+            t.observe(&segment(f, seq + chunk.len() as u32 * k, chunk), chunk, out);
+            assert!(
+                t.held <= t.cfg.reassembly.memcap,
+                "flow {f}: {} held",
+                t.held
+            );
+        }
+    }
+
+    /// Ends every flow: the stream buffers' bytes all come back, and no flow holds any.
+    fn drain_gives_all_back(t: &mut FlowTable<Hoard>, out: &mut Vec<FlowEvent<&'static str>>) {
+        t.drain(out);
+        assert_eq!(t.held, 0);
+        assert!(t.holders.iter().all(Vec::is_empty));
     }
 
     /// A table of hoarding flows whose stream buffers are held to `memcap` bytes.
@@ -1194,14 +1228,8 @@ mod tests {
         // 20 flows, each handed 8 KB in order and 4 KB beyond a one-byte hole: about 13 KiB of
         // buffers each, 260 KiB in all against a cap of 64 KiB.
         for f in 0..20 {
-            for k in 0..8 {
-                t.observe(&segment(f, 100 + 1000 * k, &data), &data, &mut out);
-                assert!(t.held <= 64 << 10, "flow {f}: {} held", t.held);
-            }
-            for k in 0..4 {
-                t.observe(&segment(f, 8_101 + 1000 * k, &data), &data, &mut out);
-                assert!(t.held <= 64 << 10, "flow {f}: {} held", t.held);
-            }
+            hand(&mut t, f, 100, &data, 8, &mut out);
+            hand(&mut t, f, 8_101, &data, 4, &mut out);
         }
         let r = t.counters.reassembly;
         let shed = out
@@ -1217,19 +1245,15 @@ mod tests {
         assert!(r.held_peak <= 64 << 10 && r.held_peak >= 48 << 10, "{r:?}");
         // A shed flow takes no more data: its segments still count.
         let delivered = r.delivered_bytes;
-        let shed_ip = t
-            .slab
-            .iter()
-            .find(|e| e.rec.memcap_shed)
-            .map(|e| e.rec.meta.initiator.ip);
-        let first_shed = (0..20).find(|&f| Some(client(f)) == shed_ip);
-        let first_shed = first_shed.expect("a shed flow");
-        t.observe(&segment(first_shed, 12_100, &data), &data, &mut out);
+        let shed = t.slab.iter().find(|e| e.rec.memcap_shed);
+        let shed = shed.and_then(|e| client_number(e.rec.meta.initiator.ip));
+        t.observe(
+            &segment(shed.expect("a shed flow"), 12_100, &data),
+            &data,
+            &mut out,
+        );
         assert_eq!(t.counters.reassembly.delivered_bytes, delivered);
-        // Ended flows give their bytes back.
-        t.drain(&mut out);
-        assert_eq!(t.held, 0);
-        assert!(t.holders.iter().all(Vec::is_empty));
+        drain_gives_all_back(&mut t, &mut out);
         let recs = records(&out);
         assert_eq!(recs.len(), 20);
         assert_eq!(recs.iter().map(|r| r.fwd.packets).sum::<u64>(), 20 * 12 + 1);
@@ -1286,9 +1310,7 @@ mod tests {
             assert!(t.held <= 48 << 10, "{} held", t.held);
         }
         assert!(t.counters.reassembly.memcap_flows > 0);
-        t.drain(&mut out);
-        assert_eq!(t.held, 0);
-        assert!(t.holders.iter().all(Vec::is_empty));
+        drain_gives_all_back(&mut t, &mut out);
     }
 
     /// Flows that fill the memcap and hold on (an attacker's, stalled behind a hole) are shed
@@ -1300,9 +1322,7 @@ mod tests {
         let kb = [b'p'; 1024];
         // Clients 0..5 each hold 12 KiB (in order, hoarded): 60 of the 64 KiB.
         for f in 0..5 {
-            for k in 0..12 {
-                t.observe(&segment(f, 100 + 1024 * k, &kb), &kb, &mut out);
-            }
+            hand(&mut t, f, 100, &kb, 12, &mut out);
         }
         assert_eq!(t.counters.reassembly.memcap_flows, 0);
         // Then 10 clients that each buffer 1 KiB beyond a hole, and fill it (and hoard it).
@@ -1313,7 +1333,7 @@ mod tests {
             t.observe(&segment(f, 101, &small), &small, &mut out);
             assert!(t.held <= 64 << 10, "client {f}: {} held", t.held);
         }
-        t.drain(&mut out);
+        drain_gives_all_back(&mut t, &mut out);
         // Pinning clients went; every small one was inspected whole.
         let shed = shed_clients(&out);
         assert!(!shed.is_empty() && shed.iter().all(|&c| c < 5), "{shed:?}");
