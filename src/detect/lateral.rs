@@ -946,11 +946,7 @@ mod tests {
         }
         busy.finish(&scan, &mut a);
         quiet.finish(&scan, &mut b);
-        let show = |v: &[Finding]| {
-            v.iter()
-                .map(|f| format!("{:?} {:?}", f.kind, f.evidence.iter().collect::<Vec<_>>()))
-                .collect::<Vec<_>>()
-        };
+        let show = crate::detect::described;
         // The first session is the new admin peer's alert; the second, a known admin peer, none.
         assert_eq!(a.len(), 1, "{:?}", show(&a));
         assert_eq!(a[0].evidence["flows"], 1);

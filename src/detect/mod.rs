@@ -331,6 +331,15 @@ impl Detectors {
     }
 }
 
+/// Each finding as one line, its kind and its evidence in order: two detectors' findings
+/// compare equal exactly when these do.
+#[cfg(test)]
+pub(crate) fn described(v: &[Finding]) -> Vec<String> {
+    v.iter()
+        .map(|f| format!("{:?} {:?}", f.kind, f.evidence.iter().collect::<Vec<_>>()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::Ident;

@@ -1067,6 +1067,24 @@ mod tests {
         assert_eq!(ev["usernames"], serde_json::json!(want));
     }
 
+    /// `ms` milliseconds after second 1,000.
+    fn at(ms: u64) -> Timestamp {
+        Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000)
+    }
+
+    /// An event of another flow at `ts` (which makes the detector sweep, at most once a second).
+    fn other_traffic(d: &mut ProtocolDetector, ts: Timestamp, out: &mut Vec<Finding>) {
+        let (other, _) = login_in_flow(99);
+        d.on_app(
+            &other,
+            ts,
+            Direction::Forward,
+            &ProtoEvent::MqttPing,
+            &mut Ungated,
+            out,
+        );
+    }
+
     /// Where a brute-force episode ends depends on the logins' times only: a detector that saw
     /// other traffic (whose events sweep the episodes at most once a second) and one that saw
     /// only the logins give the same alerts.
@@ -1076,8 +1094,6 @@ mod tests {
         let mut busy = ProtocolDetector::new(&rs, false).unwrap();
         let mut quiet = ProtocolDetector::new(&rs, false).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let (other, _) = login_in_flow(99);
-        let at = |ms: u64| Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000);
         // Ten failures in 9 s, then (60.5 s after the last) ten more: two episodes of ten. The
         // busy detector also sees an event 0.6 s before the second run, which sweeps then
         // (the first episode is not over yet) and not again until a second later.
@@ -1087,15 +1103,7 @@ mod tests {
             .collect();
         for (n, &ms) in times.iter().enumerate() {
             if ms == 69_500 {
-                let ping = ProtoEvent::MqttPing;
-                busy.on_app(
-                    &other,
-                    at(68_900),
-                    Direction::Forward,
-                    &ping,
-                    &mut Ungated,
-                    &mut a,
-                );
+                other_traffic(&mut busy, at(68_900), &mut a);
             }
             let (meta, _) = login_in_flow(n as u64);
             let ev = ProtoEvent::Login {
@@ -1111,13 +1119,11 @@ mod tests {
         }
         busy.finish(&mut a);
         quiet.finish(&mut b);
-        let brute = |v: &[Finding]| {
-            v.iter()
-                .filter(|f| f.kind == Kind::BruteForce)
-                .map(|f| format!("{:?}", f.evidence.iter().collect::<Vec<_>>()))
-                .collect::<Vec<_>>()
+        let brute = |mut v: Vec<Finding>| {
+            v.retain(|f| f.kind == Kind::BruteForce);
+            crate::detect::described(&v)
         };
-        let (a, b) = (brute(&a), brute(&b));
+        let (a, b) = (brute(a), brute(b));
         assert_eq!(a.len(), 2, "{a:?}");
         assert!(
             a.iter()
@@ -1134,7 +1140,6 @@ mod tests {
         let mut busy = ProtocolDetector::new(&rs, false).unwrap();
         let mut quiet = ProtocolDetector::new(&rs, false).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let at = |ms: u64| Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000);
         let session = |n: u64, ms: u64| {
             let (mut meta, _) = login_in_flow(n);
             meta.responder.port = 22;
@@ -1153,7 +1158,6 @@ mod tests {
                 memcap_shed: false,
             }
         };
-        let (other, _) = login_in_flow(99);
         // Sessions end at 0.5, 1.5 ... 9.5 s; the second ten from 70.1 s (60.6 s quiet), and
         // the busy detector sees other traffic at 69.4 s (59.9 s quiet: not over yet).
         let times = (0..10u64)
@@ -1161,15 +1165,7 @@ mod tests {
             .chain((0..10).map(|i| 69_600 + i * 1_000));
         for (n, ms) in times.enumerate() {
             if ms == 69_600 {
-                let ping = ProtoEvent::MqttPing;
-                busy.on_app(
-                    &other,
-                    at(69_400),
-                    Direction::Forward,
-                    &ping,
-                    &mut Ungated,
-                    &mut a,
-                );
+                other_traffic(&mut busy, at(69_400), &mut a);
             }
             let r = session(n as u64, ms);
             busy.on_flow_end(&r, &mut a);
@@ -1177,11 +1173,7 @@ mod tests {
         }
         busy.finish(&mut a);
         quiet.finish(&mut b);
-        let show = |v: &[Finding]| {
-            v.iter()
-                .map(|f| format!("{:?}", f.evidence.iter().collect::<Vec<_>>()))
-                .collect::<Vec<_>>()
-        };
+        let show = crate::detect::described;
         assert_eq!(a.len(), 2, "{:?}", show(&a));
         assert_eq!(show(&a), show(&b));
     }

@@ -1227,11 +1227,7 @@ mod tests {
         }
         busy.finish(&mut a);
         quiet.finish(&mut b);
-        let show = |v: &[Finding]| {
-            v.iter()
-                .map(|f| format!("{:?} {:?}", f.kind, f.evidence.iter().collect::<Vec<_>>()))
-                .collect::<Vec<_>>()
-        };
+        let show = crate::detect::described;
         assert_eq!(a.len(), 2, "{:?}", show(&a));
         assert!(
             a.iter().all(|f| f.evidence["ports"] == 20),
