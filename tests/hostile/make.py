@@ -180,10 +180,14 @@ def mqtt_remaining_length(n):
             return bytes(out)
 
 
-def mqtt_connect(cid):
-    """An MQTT 3.1.1 CONNECT with client id `cid`, clean session, no credentials."""
-    var = b"\x00\x04MQTT\x04\x02\x00\x3c"
-    return b"\x10" + mqtt_remaining_length(len(var) + 2 + len(cid)) + var + struct.pack(">H", len(cid)) + cid
+def mqtt_connect(cid, will=None, user=None, password=None):
+    """An MQTT 3.1.1 CONNECT with client id `cid`, clean session, and optionally a will
+    (topic, message), a username and a password."""
+    flags = 0x02 | (0x04 if will else 0) | (0x80 if user is not None else 0) | (0x40 if password is not None else 0)
+    fields = [cid] + (list(will) if will else []) + [f for f in (user, password) if f is not None]
+    var = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c"
+    payload = b"".join(struct.pack(">H", len(f)) + f for f in fields)
+    return b"\x10" + mqtt_remaining_length(len(var) + len(payload)) + var + payload
 
 
 def mqtt_huge(path, full):
@@ -320,10 +324,7 @@ def memcap_pin(path, full):
     for i in range(10):
         s = Session(p, "198.18.9.%d" % (1 + i), "198.18.1.10", 41000 + i, 1883)
         s.handshake()
-        var = b"\x00\x04MQTT\x04\xc6\x00\x3c"
-        fields = [b"op%02d" % i, b"site/op/will", b"w" * 24_000, b"operator", b"s3cret-%02d" % i]
-        payload = b"".join(struct.pack(">H", len(f)) + f for f in fields)
-        connect = b"\x10" + mqtt_remaining_length(len(var) + len(payload)) + var + payload
+        connect = mqtt_connect(b"op%02d" % i, (b"site/op/will", b"w" * 24_000), b"operator", b"s3cret-%02d" % i)
         half = len(connect) // 2
         for part in range(half, len(connect), 1400):
             s.pkt(True, PSH | ACK, connect[part:part + 1400], seq=s.cseq + part)
