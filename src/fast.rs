@@ -42,6 +42,50 @@ pub fn smallest<T: Ord>(mut v: Vec<T>, n: usize) -> Vec<T> {
 mod tests {
     use super::*;
 
+    /// Values past the first `N` go to the hash set, and the set answers the same for both.
+    #[test]
+    fn a_small_set_holds_values_in_place_then_in_its_hash_set() {
+        let mut s = SmallSet::<u16, 2>::default();
+        assert!(s.is_empty());
+        for (v, new) in [
+            (5, true),
+            (7, true),
+            (5, false),
+            (9, true),
+            (7, false),
+            (9, false),
+        ] {
+            assert_eq!(s.insert(v), new, "{v}");
+        }
+        assert_eq!(s.len(), 3);
+        assert!(
+            s.rest.as_ref().is_some_and(|r| r.len() == 1),
+            "9 is in the hash set"
+        );
+        assert!([5, 7, 9].iter().all(|v| s.contains(v)) && !s.contains(&8));
+        let mut all: Vec<u16> = s.iter().copied().collect();
+        all.sort();
+        assert_eq!(all, [5, 7, 9]);
+    }
+
+    /// Entries past the first `N` go to the hash map; a key's value is found where it went.
+    #[test]
+    fn a_small_map_holds_entries_in_place_then_in_its_hash_map() {
+        let mut m = SmallMap::<u16, u32, 1>::default();
+        assert!(m.is_empty() && m.rest.is_none());
+        for k in [3, 4, 3, 5, 4, 3] {
+            *m.get_or_default(k) += 1;
+        }
+        assert_eq!(m.len(), 3);
+        assert!(m.contains_key(&5) && !m.contains_key(&6));
+        let mut all: Vec<(u16, u32)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+        all.sort();
+        assert_eq!(all, [(3, 3), (4, 2), (5, 1)]);
+        assert_eq!(m.keys().count(), 3);
+        assert_eq!(m.values().sum::<u32>(), 6);
+        assert_eq!(m.rest.as_ref().map(|r| r.len()), Some(2));
+    }
+
     #[test]
     fn a_capped_map_refuses_new_keys_only() {
         let mut m = HashMap::default();
@@ -68,5 +112,118 @@ mod tests {
         assert_eq!(got, want);
         assert_eq!(smallest(v.clone(), 0), []);
         assert_eq!(smallest(v.clone(), 500).len(), 100);
+    }
+}
+
+/// A set of distinct values that holds its first `N` in place and only the rest in a hash set
+/// of its own, made when needed: most devices meet a few peers and ports per window, and most
+/// sources of a spoofed flood send one probe; a value held in place costs no allocation and no
+/// look at memory other than the set's owner, which stays small. Iteration order is not
+/// deterministic.
+#[derive(Clone, Debug)]
+pub struct SmallSet<T, const N: usize> {
+    first: [Option<T>; N],
+    rest: Option<Box<HashSet<T>>>,
+}
+
+impl<T, const N: usize> Default for SmallSet<T, N> {
+    fn default() -> Self {
+        SmallSet {
+            first: std::array::from_fn(|_| None),
+            rest: None,
+        }
+    }
+}
+
+impl<T: Copy + Eq + Hash, const N: usize> SmallSet<T, N> {
+    /// Adds `v`; true when it was not held.
+    pub fn insert(&mut self, v: T) -> bool {
+        for slot in &mut self.first {
+            match slot {
+                Some(x) if *x == v => return false,
+                Some(_) => {}
+                None => {
+                    *slot = Some(v);
+                    return true;
+                }
+            }
+        }
+        self.rest.get_or_insert_default().insert(v)
+    }
+
+    pub fn contains(&self, v: &T) -> bool {
+        self.first.contains(&Some(*v)) || self.rest.as_ref().is_some_and(|r| r.contains(v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.iter().flatten().count() + self.rest.as_ref().map_or(0, |r| r.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.first
+            .iter()
+            .flatten()
+            .chain(self.rest.iter().flat_map(|r| r.iter()))
+    }
+}
+
+/// A map that holds its first `N` entries in place and only the rest in a hash map of its own
+/// (see [`SmallSet`]). Iteration order is not deterministic.
+#[derive(Clone, Debug)]
+pub struct SmallMap<K, V, const N: usize> {
+    first: [Option<(K, V)>; N],
+    rest: Option<Box<HashMap<K, V>>>,
+}
+
+impl<K, V, const N: usize> Default for SmallMap<K, V, N> {
+    fn default() -> Self {
+        SmallMap {
+            first: std::array::from_fn(|_| None),
+            rest: None,
+        }
+    }
+}
+
+impl<K: Copy + Eq + Hash, V: Default, const N: usize> SmallMap<K, V, N> {
+    /// The value of `k`, a default one added if absent.
+    pub fn get_or_default(&mut self, k: K) -> &mut V {
+        let at = self
+            .first
+            .iter()
+            .position(|e| e.as_ref().is_none_or(|(x, _)| *x == k));
+        match at.and_then(|i| self.first.get_mut(i)) {
+            Some(slot) => &mut slot.get_or_insert_with(|| (k, V::default())).1,
+            None => self.rest.get_or_insert_default().entry(k).or_default(),
+        }
+    }
+
+    pub fn contains_key(&self, k: &K) -> bool {
+        self.first.iter().flatten().any(|(x, _)| x == k)
+            || self.rest.as_ref().is_some_and(|r| r.contains_key(k))
+    }
+
+    pub fn len(&self) -> usize {
+        self.first.iter().flatten().count() + self.rest.as_ref().map_or(0, |r| r.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        let first = self.first.iter().flatten().map(|(k, v)| (k, v));
+        first.chain(self.rest.iter().flat_map(|r| r.iter()))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, v)| v)
     }
 }

@@ -29,7 +29,7 @@ use super::rules::{RuleError, RuleSet};
 use super::{Finding, Kind};
 use crate::app::Emitted;
 use crate::decode::{Net, PacketSummary, TcpFlags, Transport};
-use crate::fast::{HashMap, HashSet};
+use crate::fast::{HashMap, SmallMap, SmallSet};
 use crate::flow::{Endpoint, FlowRecord};
 use crate::settings::Settings;
 use crate::time::Timestamp;
@@ -360,12 +360,12 @@ struct Target {
 struct Source {
     llr: f64,
     declared: Option<&'static str>,
-    contacts: HashSet<(IpAddr, u16, Class)>,
+    contacts: SmallSet<(IpAddr, u16, Class), 1>,
     /// First contacts not remembered (per-source cap).
     untracked: u64,
-    targets: HashMap<IpAddr, Target>,
+    targets: SmallMap<IpAddr, Target, 1>,
     /// Port -> hosts probed on it.
-    ports: HashMap<u16, u32>,
+    ports: SmallMap<u16, u32, 1>,
     first: Timestamp,
     last: Timestamp,
     /// Detector clock at the last new probe or outcome.
@@ -374,8 +374,9 @@ struct Source {
     failed: u64,
     odd: u32,
     /// Probes by type (`ProbeType as usize`): an array, not a map, so that a new source
-    /// (every packet of a spoofed flood) allocates one set less.
-    types: [u64; ProbeType::ALL.len()],
+    /// (every packet of a spoofed flood) allocates nothing for it; 32 bits, as the table's
+    /// entries are scanned whole when it is full.
+    types: [u32; ProbeType::ALL.len()],
     targets_by_class: [u32; 4],
     mirai_targets: u32,
     /// Times this episode was reported (0 = not yet).
@@ -394,7 +395,7 @@ impl Source {
     fn probe_types(&self) -> impl Iterator<Item = (ProbeType, u64)> + '_ {
         ProbeType::ALL
             .into_iter()
-            .zip(self.types)
+            .zip(self.types.map(u64::from))
             .filter(|&(_, n)| n > 0)
     }
 
@@ -404,10 +405,10 @@ impl Source {
             max_ports: 0,
             llr: 0.0,
             declared: None,
-            contacts: HashSet::default(),
+            contacts: SmallSet::default(),
             untracked: 0,
-            targets: HashMap::default(),
-            ports: HashMap::default(),
+            targets: SmallMap::default(),
+            ports: SmallMap::default(),
             first: ts,
             last: ts,
             active: now,
@@ -732,7 +733,7 @@ impl ScanDetector {
             .or_insert_with(|| Source::new(ts, now));
         s.attempts += 1;
         if let Some(n) = s.types.get_mut(ty as usize) {
-            *n += 1;
+            *n = n.saturating_add(1);
         }
         s.first = s.first.min(ts);
         s.last = s.last.max(ts);
@@ -753,7 +754,7 @@ impl ScanDetector {
             self.remember(src);
             return true;
         }
-        let t = s.targets.entry(dst).or_default();
+        let t = s.targets.get_or_default(dst);
         let cbit = 1u8 << (class as u8);
         if t.classes & cbit == 0 {
             t.classes |= cbit;
@@ -762,7 +763,7 @@ impl ScanDetector {
         if matches!(class, Class::Tcp | Class::Udp) {
             t.ports += 1;
             s.max_ports = s.max_ports.max(t.ports);
-            *s.ports.entry(port).or_insert(0) += 1;
+            *s.ports.get_or_default(port) += 1;
         }
         if mirai_port && !t.mirai {
             t.mirai = true;
@@ -1006,12 +1007,15 @@ impl ScanDetector {
             .map(|(ip, s)| (s.active, *ip))
             .collect();
         let n = (self.sources.len() / 4).max(1);
-        // The n least recently active (their order does not matter: nothing is written).
-        let mut dropped = 0usize;
-        for (_, ip) in crate::fast::smallest(idle, n) {
-            self.sources.remove(&ip);
-            dropped += 1;
+        // The n least recently active (their order does not matter: nothing is written),
+        // dropped in place in one pass: (activity, address) pairs are distinct, so those at or
+        // below the n-th are exactly n.
+        let before = self.sources.len();
+        if let Some(last) = crate::fast::smallest(idle, n).into_iter().max() {
+            self.sources
+                .retain(|ip, s| s.declared.is_some() || (s.active, *ip) > last);
         }
+        let mut dropped = before - self.sources.len();
         if dropped == 0 {
             // Every source is a declared scanner: report and drop the oldest.
             let mut all: Vec<(Timestamp, IpAddr)> =

@@ -14,7 +14,7 @@ pub mod baseline;
 
 use crate::app::Emitted;
 use crate::decode::{fmt_mac, Mac, MacText, Net};
-use crate::fast::{HashMap, HashSet};
+use crate::fast::{HashMap, HashSet, SmallSet};
 use crate::flow::{Direction, FlowMeta};
 use crate::proto::{AppProto, ProtoEvent};
 use crate::settings::{DeviceConfig, Settings};
@@ -198,6 +198,55 @@ pub struct DeviceProfile {
     /// topic): a publish to it again skips the `mqtt_topics` set.
     #[serde(skip)]
     last_topic: Option<std::sync::Arc<str>>,
+    /// [`Noted`] codes of what `services_used`, `services_offered` and `protocols` hold.
+    #[serde(skip)]
+    noted: [Noted; 3],
+}
+
+/// The codes ([`service_code`]) of the first strings one of a profile's small string sets
+/// took, held in the profile itself: services and protocols are noted at every flow start,
+/// and the common case, one the set holds already, is then a look at a few words the profile
+/// lookup brought into cache, instead of string comparisons down the B-tree's nodes.
+#[derive(Clone, Copy, Debug, Default)]
+struct Noted {
+    n: u8,
+    codes: [u32; NOTED],
+}
+
+/// Codes a [`Noted`] holds; a set's later strings are looked up in the set itself.
+const NOTED: usize = 7;
+
+/// Which of [`DeviceProfile::noted`].
+const USED: usize = 0;
+const OFFERED: usize = 1;
+const PROTOCOLS: usize = 2;
+
+impl Noted {
+    /// Adds the string `write` makes (into `scratch`) to `set` unless `code` is one it holds:
+    /// the set's own insert (and its count of what it refused) runs for any other.
+    fn note(
+        &mut self,
+        code: u32,
+        set: &mut BoundedSet<String>,
+        scratch: &mut String,
+        write: impl FnOnce(&mut String),
+    ) {
+        let n = usize::from(self.n);
+        if self.codes[..n].contains(&code) {
+            return;
+        }
+        scratch.clear();
+        write(scratch);
+        if set.insert_str(scratch, SMALL_CAP) && n < NOTED && set.len() == n + 1 {
+            self.codes[n] = code;
+            self.n += 1;
+        }
+    }
+}
+
+/// A service's code for [`Noted`]: the port, the transport and the application (0 for none).
+fn service_code(udp: bool, port: u16, app: Option<AppProto>) -> u32 {
+    u32::from(port) | u32::from(udp) << 16 | app.map_or(0, |a| a as u32 + 1) << 17
 }
 
 fn ser_display<S: serde::Serializer>(v: &DeviceId, s: S) -> Result<S::Ok, S::Error> {
@@ -213,10 +262,10 @@ const SMALL_CAP: usize = 32;
 #[derive(Clone, Debug, Default)]
 struct WindowStats {
     v: [f64; N_FEATURES],
-    peers: HashSet<IpAddr>,
+    peers: SmallSet<IpAddr, PEERS_IN_PLACE>,
     /// Peers this device opened flows to.
-    out_peers: HashSet<IpAddr>,
-    ports: HashSet<u16>,
+    out_peers: SmallSet<IpAddr, PEERS_IN_PLACE>,
+    ports: SmallSet<u16, 8>,
     /// Each flow's part (flow id, device is the initiator), when the flow log is on.
     flows: HashMap<(u64, bool), FlowWindow>,
 }
@@ -230,14 +279,24 @@ fn service_key(key: &mut String, proto: &str, port: u16) {
     key.push_str(itoa::Buffer::new().format(port));
 }
 
+/// Adds `app` to the protocols `p` speaks.
+fn note_protocol(p: &mut DeviceProfile, app: AppProto, scratch: &mut String) {
+    p.noted[PROTOCOLS].note(app as u32, &mut p.protocols, scratch, |k| {
+        k.push_str(app.as_str())
+    });
+}
+
 /// Adds `ip` to a window's set of distinct peers unless it holds `cap` already: a device's count
 /// of distinct peers in one window stops at `max_peers` (a scanner's would grow with every
 /// address it tries).
-fn add_peer(set: &mut HashSet<IpAddr>, ip: IpAddr, cap: usize) {
+fn add_peer(set: &mut SmallSet<IpAddr, PEERS_IN_PLACE>, ip: IpAddr, cap: usize) {
     if set.len() < cap {
         set.insert(ip);
     }
 }
+
+/// Peers a window's stats hold in place (see [`SmallSet`]); more go to a hash set.
+const PEERS_IN_PLACE: usize = 4;
 
 /// Entries of the home-network membership cache.
 const HOME_CACHE: usize = 256;
@@ -479,6 +538,7 @@ impl Devices {
                     bytes: 0,
                     last_ip: Some(ip),
                     last_topic: None,
+                    noted: Default::default(),
                 };
                 self.counters.devices += 1;
                 p.ips.insert(ip, 16);
@@ -646,8 +706,11 @@ impl Devices {
                     if let Some(p) = self.profile(a, m.initiator.ip, m.initiator_mac, m.first, out)
                     {
                         if m.proto == 6 || m.proto == 17 {
-                            service_key(&mut key, proto, m.responder.port);
-                            p.services_used.insert_str(&key, SMALL_CAP);
+                            let port = m.responder.port;
+                            let code = service_code(m.proto == 17, port, None);
+                            p.noted[USED].note(code, &mut p.services_used, &mut key, |k| {
+                                service_key(k, proto, port)
+                            });
                         }
                     }
                     self.scratch = key;
@@ -725,11 +788,13 @@ impl Devices {
                         if let Some(r) = self.row(w, a, meta, true) {
                             r.app = Some(*app);
                         }
+                        let mut key = std::mem::take(&mut self.scratch);
                         if let Some(p) =
                             self.profile(a, meta.initiator.ip, meta.initiator_mac, *ts, out)
                         {
-                            p.protocols.insert_str(app.as_str(), SMALL_CAP);
+                            note_protocol(p, *app, &mut key);
                         }
+                        self.scratch = key;
                         if let Some(b) = server {
                             self.offered(b, meta, *app, *ts, out);
                         }
@@ -806,11 +871,14 @@ impl Devices {
         let proto = if meta.proto == 6 { "tcp" } else { "udp" };
         let mut key = std::mem::take(&mut self.scratch);
         if let Some(p) = self.profile(b, meta.responder.ip, meta.responder_mac, ts, out) {
-            service_key(&mut key, proto, meta.responder.port);
-            key.push(' ');
-            key.push_str(app.as_str());
-            p.services_offered.insert_str(&key, SMALL_CAP);
-            p.protocols.insert_str(app.as_str(), SMALL_CAP);
+            let port = meta.responder.port;
+            let code = service_code(meta.proto != 6, port, Some(app));
+            p.noted[OFFERED].note(code, &mut p.services_offered, &mut key, |k| {
+                service_key(k, proto, port);
+                k.push(' ');
+                k.push_str(app.as_str());
+            });
+            note_protocol(p, app, &mut key);
         }
         self.scratch = key;
     }
@@ -962,6 +1030,32 @@ mod tests {
 
     fn ip_id(n: u32) -> DeviceId {
         DeviceId::Ip(IpAddr::V4(std::net::Ipv4Addr::from(0xc612_0000 + n)))
+    }
+
+    /// Services noted through the profile's codes give the set (and the count of refusals) a
+    /// plain bounded set gives: one device's flows to 45 ports in turn, 7 of them held in the
+    /// profile itself, 32 in the set, the rest refused each time they come again.
+    #[test]
+    fn services_noted_by_code_match_a_plain_bounded_set() {
+        let mut d = devices(|_| {});
+        let mut plain = BoundedSet::<String>::default();
+        let mut out = Vec::new();
+        for round in 0..3u64 {
+            for port in (1000..1045u16).rev() {
+                let Emitted::Started(mut m) = started(1, round * 100 + u64::from(port % 50)) else {
+                    unreachable!()
+                };
+                m.responder.port = port;
+                d.on_event(&Emitted::Started(m), &mut out);
+                plain.insert_str(&format!("tcp/{port}"), SMALL_CAP);
+            }
+        }
+        let p = d.get(&ip_id(1)).expect("the device");
+        assert_eq!(p.services_used.items, plain.items);
+        assert_eq!(p.services_used.len(), SMALL_CAP);
+        assert_eq!(p.services_used.overflow, plain.overflow);
+        assert_eq!(plain.overflow, 3 * 13);
+        assert_eq!(usize::from(p.noted[USED].n), NOTED);
     }
 
     #[test]
