@@ -460,7 +460,7 @@ impl Settings {
 
     /// True when `ip` is inside the home networks.
     pub fn is_home(&self, ip: IpAddr) -> bool {
-        self.home_net.iter().any(|n| n.contains(&ip))
+        in_nets(&self.home_net, ip)
     }
 
     /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
@@ -506,12 +506,104 @@ pub fn device_address(home: &[IpNet], ip: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => !(v6.is_multicast() || v6.is_unspecified()),
     };
-    unicast && home.iter().any(|n| n.contains(&ip))
+    unicast && in_nets(home, ip)
+}
+
+/// True when `ip` is inside one of `nets` (as `IpNet::contains`, with the prefix compared in
+/// place: every flow start asks it of both ends, and most addresses of a flood are outside
+/// every home network, so each asks all of them).
+pub fn in_nets(nets: &[IpNet], ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let a = u32::from(a);
+            nets.iter().any(|n| match n {
+                IpNet::V4(n) => {
+                    let mask = u32::MAX.checked_shl(32 - u32::from(n.prefix_len()));
+                    (a ^ u32::from(n.addr())) & mask.unwrap_or(0) == 0
+                }
+                IpNet::V6(_) => false,
+            })
+        }
+        IpAddr::V6(a) => {
+            let a = u128::from(a);
+            nets.iter().any(|n| match n {
+                IpNet::V6(n) => {
+                    let mask = u128::MAX.checked_shl(128 - u32::from(n.prefix_len()));
+                    (a ^ u128::from(n.addr())) & mask.unwrap_or(0) == 0
+                }
+                IpNet::V4(_) => false,
+            })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `in_nets` answers as `IpNet::contains` does, at every prefix length of both families,
+    /// for addresses inside, at the edges of and just outside each network.
+    #[test]
+    fn in_nets_agrees_with_ipnet_contains() {
+        let addrs: Vec<IpAddr> = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "198.18.0.0",
+            "198.19.255.255",
+            "198.20.0.0",
+            "198.17.255.255",
+            "10.1.2.3",
+            "::",
+            "fd00::1",
+            "fe80::1",
+            "febf:ffff::1",
+            "fec0::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:198.18.0.1",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let mut nets = Vec::new();
+        for p in 0..=32u8 {
+            nets.push(IpNet::V4(
+                ipnet::Ipv4Net::new("198.18.7.9".parse().unwrap(), p).unwrap(),
+            ));
+        }
+        for p in 0..=128u8 {
+            nets.push(IpNet::V6(
+                ipnet::Ipv6Net::new("fe80::7".parse().unwrap(), p).unwrap(),
+            ));
+        }
+        for n in &nets {
+            for ip in &addrs {
+                let near = |d: i8| -> IpAddr {
+                    match *ip {
+                        IpAddr::V4(a) => {
+                            IpAddr::V4(u32::from(a).wrapping_add_signed(d.into()).into())
+                        }
+                        IpAddr::V6(a) => {
+                            IpAddr::V6(u128::from(a).wrapping_add_signed(d.into()).into())
+                        }
+                    }
+                };
+                for ip in [*ip, near(-1), near(1), n.network(), n.broadcast()] {
+                    assert_eq!(
+                        in_nets(std::slice::from_ref(n), ip),
+                        n.contains(&ip),
+                        "{n} {ip}"
+                    );
+                }
+            }
+        }
+        let home: Vec<IpNet> = DEFAULT_HOME_NET
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        assert!(in_nets(&home, "169.254.3.4".parse().unwrap()));
+        assert!(!in_nets(&home, "203.0.113.7".parse().unwrap()));
+        assert!(!in_nets(&[], "10.0.0.1".parse().unwrap()));
+    }
 
     #[test]
     fn example_config_parses_and_zones_resolve() {
