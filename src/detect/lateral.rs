@@ -333,7 +333,8 @@ pub struct LateralDetector {
     st: Settings,
     /// Port -> admin service name.
     admin: HashMap<u16, String>,
-    /// Host pairs that have talked (in address order).
+    /// Host pairs that have talked (in address order): home pairs only, unless a segmentation
+    /// policy applies.
     peers: PairMemory,
     /// (source, destination) pairs that had an admin session.
     admin_peers: PairMemory,
@@ -521,7 +522,12 @@ impl LateralDetector {
         if s == d {
             return;
         }
-        let talked = self.learn(s, d);
+        // Only pairs that can become an episode are remembered: two home hosts, or any two
+        // hosts when a segmentation policy may deny their session. Traffic to and from the
+        // Internet (a spoofed flood's millions of pairs) would push the home pairs out and
+        // make every one of them a first contact again.
+        let both_home = self.st.is_home(s) && self.st.is_home(d);
+        let talked = (both_home || !self.st.segmentation.is_empty()) && self.learn(s, d);
         // A flow picked up mid-connection with the server side first: not an opening.
         let (ip, rp) = (m.initiator.port, m.responder.port);
         if matches!(m.proto, 6 | 17) && ip < 1024 && rp >= 1024 {
@@ -568,11 +574,7 @@ impl LateralDetector {
         let open_pair = self.pairs.contains_key(&(s, d));
         // Admin ports, the rest of an open episode, and first contacts (DCE/RPC on a dynamic
         // port is recognised by content), between two home addresses.
-        let track = denied
-            || (m.proto == 6
-                && (admin || open_pair || !talked)
-                && self.st.is_home(s)
-                && self.st.is_home(d));
+        let track = denied || (m.proto == 6 && (admin || open_pair || !talked) && both_home);
         if !track {
             return;
         }
@@ -910,6 +912,33 @@ mod tests {
         assert_eq!(out[1].evidence["service"], "ssh");
         assert_eq!(out[1].evidence["first_contact"], true);
         assert_eq!(out[1].evidence["new_admin_peer"], true);
+    }
+
+    /// Pairs with an end outside the home networks are not remembered: a flood of them does
+    /// not push out the home pairs, whose next admin session is then no first contact.
+    #[test]
+    fn traffic_from_outside_does_not_push_home_pairs_out() {
+        let st = Settings::default();
+        let rules = RuleSet::embedded().unwrap();
+        let scan = ScanDetector::new(&st, &rules).unwrap();
+        let mut d = LateralDetector::new(&st, &rules).unwrap();
+        d.p.max_peers = 4;
+        let mut flows = vec![meta("10.0.0.5", 40000, "10.0.0.9", 80, 100)];
+        for n in 0..20u16 {
+            let src = format!("203.0.113.{n}");
+            flows.push(meta(&src, 50000 + n, "10.0.0.9", 443, 200 + u64::from(n)));
+        }
+        flows.push(meta("10.0.0.5", 40001, "10.0.0.9", 22, 1000));
+        let mut out = Vec::new();
+        for m in flows {
+            d.on_event(&Emitted::Started(m), &scan, &mut out);
+            d.on_event(&Emitted::Flow(record(m, 2)), &scan, &mut out);
+        }
+        d.finish(&scan, &mut out);
+        assert_eq!(out.len(), 1, "{:?}", crate::detect::described(&out));
+        assert_eq!(out[0].evidence["new_admin_peer"], true);
+        assert_eq!(out[0].evidence["first_contact"], false);
+        assert_eq!(d.evicted, 0);
     }
 
     /// Where an episode of a pair ends depends on its flows' times only: a detector that swept
