@@ -878,14 +878,16 @@ impl<H: StreamHandler> FlowTable<H> {
         e.live = false;
         let ts = e.rec.last;
         let mut swapped = false;
-        if let Some(mut h) = e.handler.take() {
+        // The handler is closed where it is (not moved out first: it is large, and every
+        // flow of a SYN flood ends with one), then dropped.
+        if let Some(h) = e.handler.as_mut() {
             swapped = h.roles_swapped();
             let meta = event_meta(&e.rec.meta, swapped);
             let before = self.scratch.len();
             for d in [Direction::Forward, Direction::Reverse] {
                 e.streams[d.index()].flush(
                     d,
-                    &mut h,
+                    h,
                     &mut self.scratch,
                     &self.cfg.reassembly,
                     &mut self.counters.reassembly,
@@ -894,6 +896,7 @@ impl<H: StreamHandler> FlowTable<H> {
             h.on_close(&mut self.scratch);
             e.rec.app = h.app_name();
             hand_on(&mut self.scratch, before, meta, ts, Direction::Forward, out);
+            e.handler = None;
         }
         e.rec.end = end;
         e.rec.gaps = [e.streams[0].gap_bytes, e.streams[1].gap_bytes];
