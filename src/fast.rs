@@ -2,7 +2,9 @@
 //! from the traffic, so an attacker must not be able to predict collisions). Iteration order is
 //! not deterministic: code that writes in iteration order sorts first. And the two ways its
 //! tables stay within their caps: refusing new keys ([`entry_within`]), or dropping many
-//! entries at once when full ([`smallest`]).
+//! entries at once when full ([`smallest`]). And sets and maps that hold their first few
+//! entries in their owner ([`SmallSet`], [`SmallMap`]), for state kept per source or device
+//! that most often holds one or a few.
 
 use std::hash::Hash;
 

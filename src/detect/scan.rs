@@ -368,7 +368,10 @@ struct Source {
     ports: SmallMap<u16, u32, 1>,
     first: Timestamp,
     last: Timestamp,
-    /// Detector clock at the last new probe or outcome.
+    /// When the source was last active, by its probes' own times: a new probe's last packet,
+    /// a reply, a probe timing out. Not the detector's clock when the record came: a probe's
+    /// flow record comes at the flow's end, later under load, and where an episode ends must
+    /// not depend on that.
     active: Timestamp,
     attempts: u64,
     failed: u64,
@@ -399,7 +402,7 @@ impl Source {
             .filter(|&(_, n)| n > 0)
     }
 
-    fn new(ts: Timestamp, now: Timestamp) -> Source {
+    fn new(ts: Timestamp, at: Timestamp, now: Timestamp) -> Source {
         Source {
             opened: ts,
             max_ports: 0,
@@ -411,7 +414,7 @@ impl Source {
             ports: SmallMap::default(),
             first: ts,
             last: ts,
-            active: now,
+            active: at,
             attempts: 0,
             failed: 0,
             odd: 0,
@@ -516,7 +519,7 @@ impl ScanDetector {
         let mut pend: Vec<_> = self.pending.drain().collect();
         pend.sort_by_key(|(k, t)| (*t, *k));
         for ((src, _, _), _) in pend {
-            self.outcome(src, false);
+            self.outcome(src, false, self.now);
         }
         let mut keys: Vec<IpAddr> = self.sources.keys().copied().collect();
         keys.sort();
@@ -558,9 +561,9 @@ impl ScanDetector {
             .map(|(k, t)| (*t, *k))
             .collect();
         expired.sort();
-        for (_, k) in expired {
+        for (sent, k) in expired {
             self.pending.remove(&k);
-            self.outcome(k.0, false);
+            self.outcome(k.0, false, sent.plus_secs(timeout));
         }
         let mut done: Vec<IpAddr> = Vec::new();
         let mut long: Vec<IpAddr> = Vec::new();
@@ -639,8 +642,8 @@ impl ScanDetector {
             17 => (ProbeType::Udp, r.rev.packets > 0),
             _ => return,
         };
-        if self.contact(src, dst, m.responder.port, ty, r.start, out) {
-            self.outcome(src, success);
+        if self.contact(src, dst, m.responder.port, ty, (r.start, r.last), out) {
+            self.outcome(src, success, r.last);
         }
     }
 
@@ -652,10 +655,10 @@ impl ScanDetector {
                     return; // address probe / gratuitous ARP
                 }
                 match a.op {
-                    1 if self.contact(s, t, 0, ProbeType::Arp, p.ts, out) => {
+                    1 if self.contact(s, t, 0, ProbeType::Arp, (p.ts, p.ts), out) => {
                         self.add_pending((s, t, Class::Arp), p.ts);
                     }
-                    2 => self.answer((t, s, Class::Arp)),
+                    2 => self.answer((t, s, Class::Arp), p.ts),
                     _ => {}
                 }
             }
@@ -676,24 +679,29 @@ impl ScanDetector {
                     matches!(ty, 0 | 14 | 16 | 18)
                 };
                 if request && src != dst && !src.is_loopback() && unicast(dst) {
-                    if self.contact(src, dst, 0, ProbeType::Icmp, p.ts, out) {
+                    if self.contact(src, dst, 0, ProbeType::Icmp, (p.ts, p.ts), out) {
                         self.add_pending((src, dst, Class::Icmp), p.ts);
                     }
                 } else if reply {
-                    self.answer((dst, src, Class::Icmp));
+                    self.answer((dst, src, Class::Icmp), p.ts);
                 }
             }
             _ => {}
         }
     }
 
-    /// A reply to probe `k`: a success if it came within the probe timeout. One that came
-    /// later is the failure that a sweep counts; sweeps run at most once a second, so whether
-    /// one came between the timeout and the reply must not decide it.
-    fn answer(&mut self, k: (IpAddr, IpAddr, Class)) {
+    /// A reply to probe `k`, at `ts`: a success if it came within the probe timeout. One that
+    /// came later is the failure that a sweep counts; sweeps run at most once a second, so
+    /// whether one came between the timeout and the reply must not decide it.
+    fn answer(&mut self, k: (IpAddr, IpAddr, Class), ts: Timestamp) {
         if let Some(sent) = self.pending.remove(&k) {
-            let timely = self.now.secs_since(sent) < self.p.probe_timeout_secs;
-            self.outcome(k.0, timely);
+            let timely = ts.secs_since(sent) < self.p.probe_timeout_secs;
+            let at = if timely {
+                ts
+            } else {
+                sent.plus_secs(self.p.probe_timeout_secs)
+            };
+            self.outcome(k.0, timely, at);
         }
     }
 
@@ -710,14 +718,15 @@ impl ScanDetector {
         self.pending.entry(k).or_insert(ts);
     }
 
-    /// Records a probe; true when it is a first contact (its outcome then feeds the walk).
+    /// Records a probe that began at `ts` and was last seen at `at` (its flow's first and last
+    /// packets); true when it is a first contact (its outcome then feeds the walk).
     fn contact(
         &mut self,
         src: IpAddr,
         dst: IpAddr,
         port: u16,
         ty: ProbeType,
-        ts: Timestamp,
+        (ts, at): (Timestamp, Timestamp),
         out: &mut Vec<Finding>,
     ) -> bool {
         let now = self.now;
@@ -730,7 +739,7 @@ impl ScanDetector {
         let s = self
             .sources
             .entry(src)
-            .or_insert_with(|| Source::new(ts, now));
+            .or_insert_with(|| Source::new(ts, at, now));
         s.attempts += 1;
         if let Some(n) = s.types.get_mut(ty as usize) {
             *n = n.saturating_add(1);
@@ -747,7 +756,7 @@ impl ScanDetector {
         } else {
             s.untracked += 1;
         }
-        s.active = now;
+        s.active = s.active.max(at);
         if s.targets.len() >= cap && !s.targets.contains_key(&dst) {
             // Beyond the per-source cap the probe is counted (attempts, untracked), not its
             // target: a source's targets are capped like its first contacts.
@@ -787,13 +796,12 @@ impl ScanDetector {
     }
 
     /// The outcome of a first contact of `src`.
-    fn outcome(&mut self, src: IpAddr, success: bool) {
-        let now = self.now;
+    fn outcome(&mut self, src: IpAddr, success: bool, at: Timestamp) {
         let trw = self.trw;
         let Some(s) = self.sources.get_mut(&src) else {
             return;
         };
-        s.active = now;
+        s.active = s.active.max(at);
         if !success {
             s.failed += 1;
         }
@@ -1106,7 +1114,7 @@ mod tests {
         }
         assert!(ProbeType::ALL.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(ProbeType::Ack as usize + 1, ProbeType::ALL.len());
-        let mut s = Source::new(Timestamp::ZERO, Timestamp::ZERO);
+        let mut s = Source::new(Timestamp::ZERO, Timestamp::ZERO, Timestamp::ZERO);
         for t in [ProbeType::Ack, ProbeType::Syn, ProbeType::Ack] {
             s.types[t as usize] += 1;
         }
@@ -1175,14 +1183,28 @@ mod tests {
         let target: IpAddr = "10.0.0.9".parse().unwrap();
         for port in 1..=20u16 {
             d.now = ts(u64::from(port));
-            if d.contact(scanner, target, port, ProbeType::Syn, d.now, &mut out) {
-                d.outcome(scanner, port == 5);
+            if d.contact(
+                scanner,
+                target,
+                port,
+                ProbeType::Syn,
+                (d.now, d.now),
+                &mut out,
+            ) {
+                d.outcome(scanner, port == 5, d.now);
             }
             // A busy client: many connections, few servers, all answered.
             for srv in 0..3u8 {
                 let ip = IpAddr::from([10, 0, 1, srv]);
-                if d.contact(client, ip, 443, ProbeType::Connect, d.now, &mut out) {
-                    d.outcome(client, true);
+                if d.contact(
+                    client,
+                    ip,
+                    443,
+                    ProbeType::Connect,
+                    (d.now, d.now),
+                    &mut out,
+                ) {
+                    d.outcome(client, true, d.now);
                 }
             }
         }
@@ -1224,8 +1246,8 @@ mod tests {
             }
             for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
                 d.tick(ms(t), out);
-                if d.contact(scanner, target, port, ProbeType::Syn, ms(t), out) {
-                    d.outcome(scanner, false);
+                if d.contact(scanner, target, port, ProbeType::Syn, (ms(t), ms(t)), out) {
+                    d.outcome(scanner, false, ms(t));
                 }
             }
         }
@@ -1239,6 +1261,43 @@ mod tests {
             show(&a)
         );
         assert_eq!(show(&a), show(&b));
+    }
+
+    /// Where a scan episode ends depends on the probes' own times, not on when their flow
+    /// records come: a probe's record comes at its flow's end (an unanswered SYN's after the
+    /// half-open timeout, an answered one's sooner), later under load. Twenty probes a second
+    /// apart, then 70 s later twenty more: two episodes, whether each record comes at once or,
+    /// for the first twenty, 30 s late (other traffic moving the clock meanwhile).
+    #[test]
+    fn episodes_end_by_the_probes_times_whenever_their_records_come() {
+        let st = Settings::default();
+        let scanner: IpAddr = "198.18.1.5".parse().unwrap();
+        let target: IpAddr = "198.18.1.9".parse().unwrap();
+        let show = crate::detect::described;
+        let mut runs = Vec::new();
+        for late in [0u64, 30] {
+            let mut d = ScanDetector::new(&st, &rules_with("")).unwrap();
+            let mut out = Vec::new();
+            let probes = (1..=20u64).chain(90..110);
+            for (port, t) in (1..=40u16).zip(probes) {
+                let arrives = if t < 90 { t + late } else { t + 1 };
+                d.tick(ts(arrives), &mut out);
+                if d.contact(
+                    scanner,
+                    target,
+                    port,
+                    ProbeType::Syn,
+                    (ts(t), ts(t)),
+                    &mut out,
+                ) {
+                    d.outcome(scanner, false, ts(t));
+                }
+            }
+            d.finish(&mut out);
+            runs.push(show(&out));
+        }
+        assert_eq!(runs[0].len(), 2, "{:?}", runs[0]);
+        assert_eq!(runs[0], runs[1]);
     }
 
     /// A reply that comes after the probe timeout is a failure, whether a sweep has counted it
@@ -1256,13 +1315,13 @@ mod tests {
             // An echo request at 0 s, its reply 5.3 s later (the timeout is 5 s); the busy
             // detector saw other traffic at 4.9 s, and swept then.
             d.tick(ms(0), &mut out);
-            assert!(d.contact(src, dst, 0, ProbeType::Icmp, ms(0), &mut out));
+            assert!(d.contact(src, dst, 0, ProbeType::Icmp, (ms(0), ms(0)), &mut out));
             d.add_pending((src, dst, Class::Icmp), ms(0));
             if busy {
                 d.tick(ms(4_900), &mut out);
             }
             d.tick(ms(5_300), &mut out);
-            d.answer((src, dst, Class::Icmp));
+            d.answer((src, dst, Class::Icmp), ms(5_300));
             failed.push(d.sources.get(&src).map(|s| s.failed));
         }
         assert_eq!(failed, [Some(1), Some(1)]);
@@ -1278,8 +1337,15 @@ mod tests {
         for n in 0..300u16 {
             d.now = ts(u64::from(n / 10));
             let target = IpAddr::from([198, 19, (n >> 8) as u8, n as u8]);
-            if d.contact(scanner, target, 23, ProbeType::Syn, d.now, &mut out) {
-                d.outcome(scanner, false);
+            if d.contact(
+                scanner,
+                target,
+                23,
+                ProbeType::Syn,
+                (d.now, d.now),
+                &mut out,
+            ) {
+                d.outcome(scanner, false, d.now);
             }
         }
         assert_eq!(d.sources[&scanner].targets.len(), 100);
