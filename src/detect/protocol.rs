@@ -456,6 +456,7 @@ impl ProtocolDetector {
                 app,
                 username,
                 password,
+                password_len,
                 method,
                 outcome,
             } => {
@@ -464,7 +465,7 @@ impl ProtocolDetector {
                     ts,
                     *app,
                     username,
-                    password.as_deref(),
+                    password.as_deref().map(|p| (p, *password_len)),
                     method,
                     *outcome,
                     gate,
@@ -587,14 +588,16 @@ impl ProtocolDetector {
         ts: Timestamp,
         app: AppProto,
         username: &str,
-        password: Option<&[u8]>,
+        password: Option<(&[u8], usize)>,
         method: &str,
         outcome: Outcome,
         gate: &mut dyn Gate,
         out: &mut Vec<Finding>,
     ) {
         let app_s = app.as_str();
-        if let Some(pw) = password {
+        // The password as kept (cut to MAX_KEPT bytes when the login waited for its answer)
+        // and its length on the wire.
+        if let Some((pw, pw_len)) = password {
             // Accepted logins are told apart by user; failed ones are summarised per service
             // (a brute force is one alert of its own, not one per guess).
             let id = Ident::new()
@@ -616,7 +619,7 @@ impl ProtocolDetector {
                 let mut f = Finding::for_flow(ts, Kind::CleartextCredentials, meta, Some(app_s))
                     .with("username", username)
                     .with("password", self.secret(pw))
-                    .with("password_length", pw.len())
+                    .with("password_length", pw_len)
                     .with("method", method)
                     .with("outcome", outcome.as_str());
                 f.identifier = identifier;
@@ -978,10 +981,42 @@ mod tests {
             app: AppProto::Telnet,
             username: "root".into(),
             password: Some(b"xc3511".to_vec()),
+            password_len: 6,
             method: "telnet",
             outcome: Outcome::Accepted,
         };
         (meta, ev)
+    }
+
+    /// A password kept cut (a login that waited for its answer keeps 256 bytes) is reported
+    /// with its length on the wire, not the kept one.
+    #[test]
+    fn a_cut_password_is_reported_with_its_length_on_the_wire() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut d = ProtocolDetector::new(&rs, false).unwrap();
+        let (meta, _) = login_in_flow(1);
+        let ev = ProtoEvent::Login {
+            app: AppProto::Mqtt,
+            username: "cam".into(),
+            password: Some(vec![b'p'; crate::proto::MAX_KEPT]),
+            password_len: 30_000,
+            method: "mqtt-connect",
+            outcome: Outcome::Rejected,
+        };
+        let mut out = Vec::new();
+        d.on_app(
+            &meta,
+            meta.first,
+            Direction::Forward,
+            &ev,
+            &mut Ungated,
+            &mut out,
+        );
+        let f = out.iter().find(|f| f.kind == Kind::CleartextCredentials);
+        assert_eq!(
+            f.map(|f| f.evidence["password_length"].clone()),
+            Some(30_000.into())
+        );
     }
 
     /// Behind the alert stage's gate, repeats that it suppresses are not built at all; without
@@ -1038,6 +1073,7 @@ mod tests {
                 app: AppProto::Telnet,
                 username,
                 password: Some(b"guess".to_vec()),
+                password_len: 5,
                 method: "telnet",
                 outcome: Outcome::Rejected,
             };
@@ -1110,6 +1146,7 @@ mod tests {
                 app: AppProto::Telnet,
                 username: format!("user{n}"),
                 password: Some(b"guess".to_vec()),
+                password_len: 5,
                 method: "telnet",
                 outcome: Outcome::Rejected,
             };

@@ -263,6 +263,7 @@ impl FtpAnalyzer {
             out.push(ProtoEvent::Login {
                 app: AppProto::Ftp,
                 username: self.user.clone().unwrap_or_default(),
+                password_len: pass.len(),
                 password: Some(pass),
                 method: "ftp",
                 outcome,
@@ -276,6 +277,7 @@ impl FtpAnalyzer {
             app: AppProto::Ftp,
             username: self.user.clone().unwrap_or_default(),
             password: None,
+            password_len: 0,
             method: "ftp",
             outcome,
         });
@@ -314,6 +316,7 @@ mod tests {
             app: AppProto::Ftp,
             username: user.into(),
             password: pass.map(|p| p.to_vec()),
+            password_len: pass.map_or(0, <[u8]>::len),
             method: "ftp",
             outcome,
         }

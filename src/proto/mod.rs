@@ -205,7 +205,10 @@ pub enum ProtoEvent {
     Login {
         app: AppProto,
         username: String,
+        /// The password, cut to [`MAX_KEPT`] bytes if the login waited for its answer.
         password: Option<Vec<u8>>,
+        /// The password's length on the wire (bytes; 0 without one).
+        password_len: usize,
         method: &'static str,
         outcome: Outcome,
     },
@@ -297,6 +300,8 @@ fn clip_secret(secret: &[u8]) -> &[u8] {
 pub(crate) struct PendingLogin {
     user: String,
     password: Option<Vec<u8>>,
+    /// The password's length before the cut.
+    password_len: usize,
     method: &'static str,
 }
 
@@ -305,6 +310,7 @@ impl PendingLogin {
         PendingLogin {
             user: clip_str(user).to_string(),
             password: password.map(|p| clip_secret(p).to_vec()),
+            password_len: password.map_or(0, <[u8]>::len),
             method,
         }
     }
@@ -320,6 +326,7 @@ impl PendingLogin {
             app,
             username: self.user,
             password: self.password,
+            password_len: self.password_len,
             method: self.method,
             outcome,
         }

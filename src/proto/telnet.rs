@@ -347,6 +347,7 @@ impl TelnetAnalyzer {
             out.push(ProtoEvent::Login {
                 app: AppProto::Telnet,
                 username: user,
+                password_len: pass.len(),
                 password: Some(pass),
                 method: "telnet",
                 outcome,
@@ -393,6 +394,7 @@ mod tests {
             app: AppProto::Telnet,
             username: user.into(),
             password: Some(pass.to_vec()),
+            password_len: pass.len(),
             method: "telnet",
             outcome,
         }
