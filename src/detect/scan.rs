@@ -730,8 +730,17 @@ impl ScanDetector {
         out: &mut Vec<Finding>,
     ) -> bool {
         let now = self.now;
-        self.settle(src, out);
-        if !self.sources.contains_key(&src) && self.sources.len() >= self.p.max_sources {
+        // One look at the table for what `settle` would do and whether the source is known
+        // (a flood's every probe is a new source).
+        let known = match self.sources.get(&src).map(|s| self.due(s, now)) {
+            Some(Some(_)) => {
+                self.settle(src, out);
+                self.sources.contains_key(&src)
+            }
+            Some(None) => true,
+            None => false,
+        };
+        if !known && self.sources.len() >= self.p.max_sources {
             self.evict_sources(out);
         }
         let cap = self.p.max_contacts_per_source;
