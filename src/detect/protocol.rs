@@ -1004,14 +1004,7 @@ mod tests {
             outcome: Outcome::Rejected,
         };
         let mut out = Vec::new();
-        d.on_app(
-            &meta,
-            meta.first,
-            Direction::Forward,
-            &ev,
-            &mut Ungated,
-            &mut out,
-        );
+        ungated(&mut d, &meta, &ev, &mut out);
         let f = out.iter().find(|f| f.kind == Kind::CleartextCredentials);
         assert_eq!(
             f.map(|f| f.evidence["password_length"].clone()),
@@ -1077,14 +1070,7 @@ mod tests {
                 method: "telnet",
                 outcome: Outcome::Rejected,
             };
-            d.on_app(
-                &meta,
-                meta.first,
-                Direction::Forward,
-                &ev,
-                &mut Ungated,
-                &mut out,
-            );
+            ungated(&mut d, &meta, &ev, &mut out);
         }
         let e = d.episodes.values().next().unwrap();
         assert_eq!(e.tried.len(), 64);
@@ -1106,6 +1092,11 @@ mod tests {
     /// `ms` milliseconds after second 1,000.
     fn at(ms: u64) -> Timestamp {
         Timestamp(1_000_000_000 * 1_000 + ms * 1_000_000)
+    }
+
+    /// `ev` of flow `meta`, at the flow's first packet, with no alert stage asked.
+    fn ungated(d: &mut ProtocolDetector, meta: &FlowMeta, ev: &ProtoEvent, out: &mut Vec<Finding>) {
+        d.on_app(meta, meta.first, Direction::Forward, ev, &mut Ungated, out);
     }
 
     /// An event of another flow at `ts` (which makes the detector sweep, at most once a second).

@@ -1182,6 +1182,21 @@ mod tests {
         Timestamp::from_secs(1_700_000_000 + s)
     }
 
+    /// A one-packet probe from `src` to `dst`:`port` at `t` as its flow record gives it, and
+    /// its outcome if it is a first contact.
+    fn probe(
+        d: &mut ScanDetector,
+        (src, dst, port): (IpAddr, IpAddr, u16),
+        ty: ProbeType,
+        t: Timestamp,
+        success: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        if d.contact(src, dst, port, ty, (t, t), out) {
+            d.outcome(src, success, t);
+        }
+    }
+
     #[test]
     fn failed_contacts_make_a_port_scan_and_successes_do_not() {
         let st = Settings::default();
@@ -1192,29 +1207,26 @@ mod tests {
         let target: IpAddr = "10.0.0.9".parse().unwrap();
         for port in 1..=20u16 {
             d.now = ts(u64::from(port));
-            if d.contact(
-                scanner,
-                target,
-                port,
+            let now = d.now;
+            probe(
+                &mut d,
+                (scanner, target, port),
                 ProbeType::Syn,
-                (d.now, d.now),
+                now,
+                port == 5,
                 &mut out,
-            ) {
-                d.outcome(scanner, port == 5, d.now);
-            }
+            );
             // A busy client: many connections, few servers, all answered.
             for srv in 0..3u8 {
                 let ip = IpAddr::from([10, 0, 1, srv]);
-                if d.contact(
-                    client,
-                    ip,
-                    443,
+                probe(
+                    &mut d,
+                    (client, ip, 443),
                     ProbeType::Connect,
-                    (d.now, d.now),
+                    now,
+                    true,
                     &mut out,
-                ) {
-                    d.outcome(client, true, d.now);
-                }
+                );
             }
         }
         assert_eq!(
@@ -1255,9 +1267,14 @@ mod tests {
             }
             for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
                 d.tick(ms(t), out);
-                if d.contact(scanner, target, port, ProbeType::Syn, (ms(t), ms(t)), out) {
-                    d.outcome(scanner, false, ms(t));
-                }
+                probe(
+                    d,
+                    (scanner, target, port),
+                    ProbeType::Syn,
+                    ms(t),
+                    false,
+                    out,
+                );
             }
         }
         busy.finish(&mut a);
@@ -1291,16 +1308,14 @@ mod tests {
             for (port, t) in (1..=40u16).zip(probes) {
                 let arrives = if t < 90 { t + late } else { t + 1 };
                 d.tick(ts(arrives), &mut out);
-                if d.contact(
-                    scanner,
-                    target,
-                    port,
+                probe(
+                    &mut d,
+                    (scanner, target, port),
                     ProbeType::Syn,
-                    (ts(t), ts(t)),
+                    ts(t),
+                    false,
                     &mut out,
-                ) {
-                    d.outcome(scanner, false, ts(t));
-                }
+                );
             }
             d.finish(&mut out);
             runs.push(show(&out));
@@ -1346,16 +1361,15 @@ mod tests {
         for n in 0..300u16 {
             d.now = ts(u64::from(n / 10));
             let target = IpAddr::from([198, 19, (n >> 8) as u8, n as u8]);
-            if d.contact(
-                scanner,
-                target,
-                23,
+            let now = d.now;
+            probe(
+                &mut d,
+                (scanner, target, 23),
                 ProbeType::Syn,
-                (d.now, d.now),
+                now,
+                false,
                 &mut out,
-            ) {
-                d.outcome(scanner, false, d.now);
-            }
+            );
         }
         assert_eq!(d.sources[&scanner].targets.len(), 100);
         d.finish(&mut out);
