@@ -22,8 +22,11 @@
 //! when it is big enough (`min_ports` on one host, or `min_targets` hosts).
 //!
 //! Bounds: at most `max_sources` sources, each remembering at most `max_contacts_per_source`
-//! first contacts and as many targets; pending ARP/ICMP probes are capped too. Evictions are
-//! counted.
+//! first contacts and as many targets, and at most `max_remembered` first contacts, targets
+//! and ports over all sources (so that many sources scanning at once cannot make the product
+//! of the two caps: 65,536 × 16,384 contacts would be tens of GB); beyond either, a probe is
+//! counted, not remembered (`contacts_not_remembered` in the alert). Pending ARP/ICMP probes
+//! are capped too. Evictions are counted.
 
 use super::rules::{RuleError, RuleSet};
 use super::{Finding, Kind};
@@ -92,6 +95,10 @@ struct ScanParams {
     /// First contacts remembered per source (beyond: counted, not remembered).
     #[serde(default = "d_max_contacts")]
     max_contacts_per_source: usize,
+    /// First contacts, targets and ports remembered over all sources, entries (about 60 bytes
+    /// each at most); beyond, counted, not remembered. Default 2,097,152.
+    #[serde(default = "d_max_remembered")]
+    max_remembered: usize,
 }
 fn d_theta0() -> f64 {
     0.8
@@ -144,6 +151,9 @@ fn d_max_sources() -> usize {
 fn d_max_contacts() -> usize {
     16_384
 }
+fn d_max_remembered() -> usize {
+    2_097_152
+}
 
 impl Default for ScanParams {
     fn default() -> Self {
@@ -165,6 +175,7 @@ impl Default for ScanParams {
             mirai_min_share: d_mirai_share(),
             max_sources: d_max_sources(),
             max_contacts_per_source: d_max_contacts(),
+            max_remembered: d_max_remembered(),
         }
     }
 }
@@ -394,6 +405,11 @@ struct Source {
 }
 
 impl Source {
+    /// First contacts, targets and ports remembered (counted in `ScanDetector::held`).
+    fn entries(&self) -> usize {
+        self.contacts.len() + self.targets.len() + self.ports.len()
+    }
+
     /// The probe types seen and their counts, in `ProbeType` order.
     fn probe_types(&self) -> impl Iterator<Item = (ProbeType, u64)> + '_ {
         ProbeType::ALL
@@ -451,6 +467,8 @@ pub struct ScanDetector {
     enabled: bool,
     /// Tracking entries dropped because a table was full.
     pub evicted: u64,
+    /// First contacts, targets and ports the sources remember now (see `max_remembered`).
+    held: usize,
 }
 
 const MAX_PENDING: usize = 262_144;
@@ -472,8 +490,10 @@ impl ScanDetector {
             },
         };
         let trw = Trw::new(p.theta0, p.theta1, p.p_detect, p.p_false).map_err(err)?;
-        if p.idle_secs == 0 || p.max_episode_secs == 0 {
-            return Err(err("idle_secs and max_episode_secs must be positive".into()));
+        if p.idle_secs == 0 || p.max_episode_secs == 0 || p.max_remembered == 0 {
+            return Err(err(
+                "idle_secs, max_episode_secs and max_remembered must be positive".into(),
+            ));
         }
         if !(0.0..=1.0).contains(&p.mirai_min_share) {
             return Err(err("mirai_min_share must be within 0..1".into()));
@@ -491,6 +511,7 @@ impl ScanDetector {
             last_sweep: Timestamp::ZERO,
             enabled,
             evicted: 0,
+            held: 0,
         })
     }
 
@@ -525,6 +546,7 @@ impl ScanDetector {
         keys.sort();
         for k in keys {
             if let Some(s) = self.sources.remove(&k) {
+                self.held = self.held.saturating_sub(s.entries());
                 self.report(k, &s, false, out);
             }
         }
@@ -607,6 +629,7 @@ impl ScanDetector {
         match self.sources.get(&ip).and_then(|s| self.due(s, now)) {
             Some(Due::Ended) => {
                 if let Some(s) = self.sources.remove(&ip) {
+                    self.held = self.held.saturating_sub(s.entries());
                     self.report(ip, &s, false, out);
                 }
             }
@@ -760,18 +783,23 @@ impl ScanDetector {
         if s.contacts.contains(&key) {
             return false;
         }
-        if s.contacts.len() < cap {
+        let budget = self.p.max_remembered;
+        if s.contacts.len() < cap && self.held < budget {
             s.contacts.insert(key);
+            self.held += 1;
         } else {
             s.untracked += 1;
         }
         s.active = s.active.max(at);
-        if s.targets.len() >= cap && !s.targets.contains_key(&dst) {
-            // Beyond the per-source cap the probe is counted (attempts, untracked), not its
-            // target: a source's targets are capped like its first contacts.
+        let new_target = !s.targets.contains_key(&dst);
+        if new_target && (s.targets.len() >= cap || self.held >= budget) {
+            // Beyond the per-source cap, or the cap over all sources, the probe is counted
+            // (attempts, untracked), not its target: a source's targets are capped like its
+            // first contacts.
             self.remember(src);
             return true;
         }
+        self.held += usize::from(new_target);
         let t = s.targets.get_or_default(dst);
         let cbit = 1u8 << (class as u8);
         if t.classes & cbit == 0 {
@@ -781,7 +809,12 @@ impl ScanDetector {
         if matches!(class, Class::Tcp | Class::Udp) {
             t.ports += 1;
             s.max_ports = s.max_ports.max(t.ports);
-            *s.ports.get_or_default(port) += 1;
+            // A port not seen before needs room over all sources; a known one is counted.
+            let known = s.ports.contains_key(&port);
+            if known || self.held < budget {
+                self.held += usize::from(!known);
+                *s.ports.get_or_default(port) += 1;
+            }
         }
         if mirai_port && !t.mirai {
             t.mirai = true;
@@ -1029,8 +1062,13 @@ impl ScanDetector {
         // below the n-th are exactly n.
         let before = self.sources.len();
         if let Some(last) = crate::fast::smallest(idle, n).into_iter().max() {
-            self.sources
-                .retain(|ip, s| s.declared.is_some() || (s.active, *ip) > last);
+            let mut freed = 0;
+            self.sources.retain(|ip, s| {
+                let keep = s.declared.is_some() || (s.active, *ip) > last;
+                freed += if keep { 0 } else { s.entries() };
+                keep
+            });
+            self.held = self.held.saturating_sub(freed);
         }
         let mut dropped = before - self.sources.len();
         if dropped == 0 {
@@ -1040,6 +1078,7 @@ impl ScanDetector {
             all.sort();
             for (_, ip) in all.into_iter().take(n) {
                 if let Some(s) = self.sources.remove(&ip) {
+                    self.held = self.held.saturating_sub(s.entries());
                     self.report(ip, &s, false, out);
                 }
                 dropped += 1;
@@ -1176,6 +1215,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.reason.contains("min_tragets"), "{e}");
+        let e = ScanDetector::new(&st, &rules_with("max_remembered = 0"))
+            .err()
+            .unwrap();
+        assert!(e.reason.contains("max_remembered must be positive"), "{e}");
     }
 
     fn ts(s: u64) -> Timestamp {
@@ -1349,6 +1392,61 @@ mod tests {
             failed.push(d.sources.get(&src).map(|s| s.failed));
         }
         assert_eq!(failed, [Some(1), Some(1)]);
+    }
+
+    /// The first contacts, targets and ports remembered over all sources stop at
+    /// `max_remembered`, so many sources scanning at once cannot multiply the per-source caps;
+    /// the probes beyond are counted, and a source's entries come back when its episode ends.
+    #[test]
+    fn remembered_entries_are_capped_over_all_sources() {
+        let st = Settings::default();
+        let mut d = ScanDetector::new(&st, &rules_with("max_remembered = 300")).unwrap();
+        let mut out = Vec::new();
+        let target: IpAddr = "198.18.2.9".parse().unwrap();
+        let sum = |d: &ScanDetector| d.sources.values().map(Source::entries).sum::<usize>();
+        // Ten sources probing the same 50 ports of one host: 10 × (50 + 1 + 50) entries asked.
+        for port in 1..=50u16 {
+            d.now = ts(u64::from(port));
+            let now = d.now;
+            for n in 0..10u8 {
+                let src = IpAddr::from([198, 18, 1, 10 + n]);
+                probe(
+                    &mut d,
+                    (src, target, port),
+                    ProbeType::Syn,
+                    now,
+                    false,
+                    &mut out,
+                );
+                assert_eq!(d.held, sum(&d));
+                assert!(d.held <= 300, "{}", d.held);
+            }
+        }
+        assert_eq!(d.held, 300);
+        // A source's first probe takes three entries (contact, target, port), each next one two:
+        // 145 of the 500 first contacts fit in 300 entries; the rest are counted.
+        let attempts: u64 = d.sources.values().map(|s| s.attempts).sum();
+        let untracked: u64 = d.sources.values().map(|s| s.untracked).sum();
+        assert_eq!((attempts, untracked), (500, 355));
+        // Quiet for the idle time: the episodes end, and their entries are given back.
+        d.tick(ts(200), &mut out);
+        assert!(d.sources.is_empty());
+        assert_eq!(d.held, 0);
+        let late: IpAddr = "198.18.1.99".parse().unwrap();
+        probe(
+            &mut d,
+            (late, target, 7),
+            ProbeType::Syn,
+            ts(201),
+            false,
+            &mut out,
+        );
+        assert_eq!(d.held, 3, "a contact, a target and a port");
+        let reported: Vec<_> = out.iter().filter(|f| f.kind == Kind::PortScan).collect();
+        assert_eq!(reported.len(), 10);
+        assert!(reported
+            .iter()
+            .any(|f| f.evidence["contacts_not_remembered"].as_u64() > Some(0)));
     }
 
     #[test]
