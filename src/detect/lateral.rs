@@ -13,8 +13,10 @@
 //!   `PSEXESVC`...), DCE/RPC interfaces and operations, NTLM users.
 //! * A session from a host that scanned shortly before refers to the scan (`after_scan`).
 //!
-//! "Talked to" is remembered for every pair of hosts seen in a flow, in two generations of at
-//! most `max_peers` pairs each (the older one is dropped when the newer fills, and counted).
+//! "Talked to" is remembered for every pair of home hosts seen in a flow (any pair of hosts
+//! when a segmentation policy is set: those are the pairs asked about; traffic to and from the
+//! Internet would push the home pairs out), in two generations of at most `max_peers` pairs
+//! each (the older one is dropped when the newer fills, and counted).
 
 use super::rules::{RuleError, RuleSet};
 use super::scan::ScanDetector;

@@ -15,10 +15,12 @@
 //! is populated).
 //!
 //! A declared source is reported once per scan *episode*, when it has been quiet for
-//! `idle_secs` (or at the end of input), with the number of targets, ports, attempts, failures
-//! and first/last time; an episode that goes on longer than `max_episode_secs` is reported then
-//! and again at each such interval with the same identifier, so the alert stage summarises the
-//! repeats instead of writing them. A declared episode becomes a port scan or a host scan only
+//! `idle_secs` by its probes' own times (a flow's last packet, a reply, a probe's timeout: not
+//! when the detector got a probe's flow record, which comes later under load), or at the end
+//! of input, with the number of targets, ports, attempts, failures and first/last time; an
+//! episode that goes on longer than `max_episode_secs` is reported then and again at each such
+//! interval with the same identifier, so the alert stage summarises the repeats instead of
+//! writing them. A declared episode becomes a port scan or a host scan only
 //! when it is big enough (`min_ports` on one host, or `min_targets` hosts).
 //!
 //! Bounds: at most `max_sources` sources, each remembering at most `max_contacts_per_source`
