@@ -40,83 +40,6 @@ pub fn smallest<T: Ord>(mut v: Vec<T>, n: usize) -> Vec<T> {
     v
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Values past the first `N` go to the hash set, and the set answers the same for both.
-    #[test]
-    fn a_small_set_holds_values_in_place_then_in_its_hash_set() {
-        let mut s = SmallSet::<u16, 2>::default();
-        assert!(s.is_empty());
-        for (v, new) in [
-            (5, true),
-            (7, true),
-            (5, false),
-            (9, true),
-            (7, false),
-            (9, false),
-        ] {
-            assert_eq!(s.insert(v), new, "{v}");
-        }
-        assert_eq!(s.len(), 3);
-        assert!(
-            s.rest.as_ref().is_some_and(|r| r.len() == 1),
-            "9 is in the hash set"
-        );
-        assert!([5, 7, 9].iter().all(|v| s.contains(v)) && !s.contains(&8));
-        let mut all: Vec<u16> = s.iter().copied().collect();
-        all.sort();
-        assert_eq!(all, [5, 7, 9]);
-    }
-
-    /// Entries past the first `N` go to the hash map; a key's value is found where it went.
-    #[test]
-    fn a_small_map_holds_entries_in_place_then_in_its_hash_map() {
-        let mut m = SmallMap::<u16, u32, 1>::default();
-        assert!(m.is_empty() && m.rest.is_none());
-        for k in [3, 4, 3, 5, 4, 3] {
-            *m.get_or_default(k) += 1;
-        }
-        assert_eq!(m.len(), 3);
-        assert!(m.contains_key(&5) && !m.contains_key(&6));
-        let mut all: Vec<(u16, u32)> = m.iter().map(|(k, v)| (*k, *v)).collect();
-        all.sort();
-        assert_eq!(all, [(3, 3), (4, 2), (5, 1)]);
-        assert_eq!(m.keys().count(), 3);
-        assert_eq!(m.values().sum::<u32>(), 6);
-        assert_eq!(m.rest.as_ref().map(|r| r.len()), Some(2));
-    }
-
-    #[test]
-    fn a_capped_map_refuses_new_keys_only() {
-        let mut m = HashMap::default();
-        for k in 0..5 {
-            assert_eq!(
-                entry_within(&mut m, k, 3, || k * 10).copied(),
-                (k < 3).then_some(k * 10)
-            );
-        }
-        // A held key is still found, and changed in place.
-        *entry_within(&mut m, 1, 3, || 0).unwrap() += 1;
-        assert_eq!(m.len(), 3);
-        assert_eq!(m[&1], 11);
-    }
-
-    #[test]
-    fn the_smallest_entries_are_the_ones_dropped() {
-        let v: Vec<(u64, u32)> = (0..100).map(|i| ((i * 37) % 100, i as u32)).collect();
-        let mut got = smallest(v.clone(), 10);
-        got.sort();
-        let mut want = v.clone();
-        want.sort();
-        want.truncate(10);
-        assert_eq!(got, want);
-        assert_eq!(smallest(v.clone(), 0), []);
-        assert_eq!(smallest(v.clone(), 500).len(), 100);
-    }
-}
-
 /// A set of distinct values that holds its first `N` in place and only the rest in a hash set
 /// of its own, made when needed: most devices meet a few peers and ports per window, and most
 /// sources of a spoofed flood send one probe; a value held in place costs no allocation and no
@@ -227,5 +150,82 @@ impl<K: Copy + Eq + Hash, V: Default, const N: usize> SmallMap<K, V, N> {
 
     pub fn values(&self) -> impl Iterator<Item = &V> {
         self.iter().map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values past the first `N` go to the hash set, and the set answers the same for both.
+    #[test]
+    fn a_small_set_holds_values_in_place_then_in_its_hash_set() {
+        let mut s = SmallSet::<u16, 2>::default();
+        assert!(s.is_empty());
+        for (v, new) in [
+            (5, true),
+            (7, true),
+            (5, false),
+            (9, true),
+            (7, false),
+            (9, false),
+        ] {
+            assert_eq!(s.insert(v), new, "{v}");
+        }
+        assert_eq!(s.len(), 3);
+        assert!(
+            s.rest.as_ref().is_some_and(|r| r.len() == 1),
+            "9 is in the hash set"
+        );
+        assert!([5, 7, 9].iter().all(|v| s.contains(v)) && !s.contains(&8));
+        let mut all: Vec<u16> = s.iter().copied().collect();
+        all.sort();
+        assert_eq!(all, [5, 7, 9]);
+    }
+
+    /// Entries past the first `N` go to the hash map; a key's value is found where it went.
+    #[test]
+    fn a_small_map_holds_entries_in_place_then_in_its_hash_map() {
+        let mut m = SmallMap::<u16, u32, 1>::default();
+        assert!(m.is_empty() && m.rest.is_none());
+        for k in [3, 4, 3, 5, 4, 3] {
+            *m.get_or_default(k) += 1;
+        }
+        assert_eq!(m.len(), 3);
+        assert!(m.contains_key(&5) && !m.contains_key(&6));
+        let mut all: Vec<(u16, u32)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+        all.sort();
+        assert_eq!(all, [(3, 3), (4, 2), (5, 1)]);
+        assert_eq!(m.keys().count(), 3);
+        assert_eq!(m.values().sum::<u32>(), 6);
+        assert_eq!(m.rest.as_ref().map(|r| r.len()), Some(2));
+    }
+
+    #[test]
+    fn a_capped_map_refuses_new_keys_only() {
+        let mut m = HashMap::default();
+        for k in 0..5 {
+            assert_eq!(
+                entry_within(&mut m, k, 3, || k * 10).copied(),
+                (k < 3).then_some(k * 10)
+            );
+        }
+        // A held key is still found, and changed in place.
+        *entry_within(&mut m, 1, 3, || 0).unwrap() += 1;
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[&1], 11);
+    }
+
+    #[test]
+    fn the_smallest_entries_are_the_ones_dropped() {
+        let v: Vec<(u64, u32)> = (0..100).map(|i| ((i * 37) % 100, i as u32)).collect();
+        let mut got = smallest(v.clone(), 10);
+        got.sort();
+        let mut want = v.clone();
+        want.sort();
+        want.truncate(10);
+        assert_eq!(got, want);
+        assert_eq!(smallest(v.clone(), 0), []);
+        assert_eq!(smallest(v.clone(), 500).len(), 100);
     }
 }
