@@ -547,8 +547,7 @@ impl ScanDetector {
         let mut keys: Vec<IpAddr> = self.sources.keys().copied().collect();
         keys.sort();
         for k in keys {
-            if let Some(s) = self.sources.remove(&k) {
-                self.held = self.held.saturating_sub(s.entries());
+            if let Some(s) = self.forget(k) {
                 self.report(k, &s, false, out);
             }
         }
@@ -630,22 +629,29 @@ impl ScanDetector {
         let now = self.now;
         match self.sources.get(&ip).and_then(|s| self.due(s, now)) {
             Some(Due::Ended) => {
-                if let Some(s) = self.sources.remove(&ip) {
-                    self.held = self.held.saturating_sub(s.entries());
+                if let Some(s) = self.forget(ip) {
                     self.report(ip, &s, false, out);
                 }
             }
             Some(Due::Report) => {
-                if let Some(mut s) = self.sources.remove(&ip) {
-                    if self.report(ip, &s, true, out) {
-                        s.reports += 1;
-                        s.reported_at = now;
-                    }
-                    self.sources.insert(ip, s);
+                let reported = self
+                    .sources
+                    .get(&ip)
+                    .is_some_and(|s| self.report(ip, s, true, out));
+                if let Some(s) = self.sources.get_mut(&ip).filter(|_| reported) {
+                    s.reports += 1;
+                    s.reported_at = now;
                 }
             }
             None => {}
         }
+    }
+
+    /// Removes source `ip`, its remembered entries given back to `max_remembered`.
+    fn forget(&mut self, ip: IpAddr) -> Option<Source> {
+        let s = self.sources.remove(&ip)?;
+        self.held = self.held.saturating_sub(s.entries());
+        Some(s)
     }
 
     fn on_flow(&mut self, r: &FlowRecord, out: &mut Vec<Finding>) {
@@ -920,7 +926,7 @@ impl ScanDetector {
     }
 
     /// Writes the finding of an episode; false when there is nothing to report.
-    fn report(&mut self, src: IpAddr, s: &Source, ongoing: bool, out: &mut Vec<Finding>) -> bool {
+    fn report(&self, src: IpAddr, s: &Source, ongoing: bool, out: &mut Vec<Finding>) -> bool {
         let Some(kind) = self.classify(s) else {
             return false;
         };
@@ -1079,8 +1085,7 @@ impl ScanDetector {
                 self.sources.iter().map(|(ip, s)| (s.first, *ip)).collect();
             all.sort();
             for (_, ip) in all.into_iter().take(n) {
-                if let Some(s) = self.sources.remove(&ip) {
-                    self.held = self.held.saturating_sub(s.entries());
+                if let Some(s) = self.forget(ip) {
                     self.report(ip, &s, false, out);
                 }
                 dropped += 1;
