@@ -40,6 +40,19 @@ pub fn smallest<T: Ord>(mut v: Vec<T>, n: usize) -> Vec<T> {
     v
 }
 
+/// Removes and returns the value of `key` when `pred` holds for it, with one look at the table
+/// (an episode that is over, closed before its key's next event).
+pub fn remove_if<K: Hash + Eq, V>(
+    map: &mut HashMap<K, V>,
+    key: K,
+    pred: impl FnOnce(&V) -> bool,
+) -> Option<V> {
+    match map.entry(key) {
+        hashbrown::hash_map::Entry::Occupied(o) if pred(o.get()) => Some(o.remove()),
+        _ => None,
+    }
+}
+
 /// A set of distinct values that holds its first `N` in place and only the rest in a hash set
 /// of its own, made when needed: most devices meet a few peers and ports per window, and most
 /// sources of a spoofed flood send one probe; a value held in place costs no allocation and no
@@ -199,6 +212,17 @@ mod tests {
         assert_eq!(m.keys().count(), 3);
         assert_eq!(m.values().sum::<u32>(), 6);
         assert_eq!(m.rest.as_ref().map(|r| r.len()), Some(2));
+    }
+
+    /// The value goes only when the predicate holds; an absent key stays absent.
+    #[test]
+    fn remove_if_removes_only_what_the_predicate_picks() {
+        let mut m: HashMap<u8, u32> = [(1, 10), (2, 20)].into_iter().collect();
+        assert_eq!(remove_if(&mut m, 1, |v| *v > 15), None);
+        assert_eq!(remove_if(&mut m, 2, |v| *v > 15), Some(20));
+        assert_eq!(remove_if(&mut m, 3, |_| true), None);
+        assert_eq!(m.len(), 1);
+        assert!(m.contains_key(&1) && !m.contains_key(&3));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::rules::{RuleError, RuleSet};
 use super::scan::ScanDetector;
 use super::{Finding, Kind};
 use crate::app::Emitted;
-use crate::fast::{HashMap, HashSet};
+use crate::fast::{remove_if, HashMap, HashSet};
 use crate::flow::{Endpoint, FlowId, FlowMeta, FlowRecord};
 use crate::proto::smb::SmbEvent;
 use crate::settings::Settings;
@@ -266,6 +266,13 @@ struct Pair {
     meta: FlowMeta,
 }
 
+impl Pair {
+    /// The pair's episode is over at `now`: no flow of it open, and quiet for `idle_secs`.
+    fn ended(&self, now: Timestamp, idle_secs: u64) -> bool {
+        self.open == 0 && now.secs_since(self.active) >= idle_secs
+    }
+}
+
 /// A set of address pairs; a pair of IPv4 addresses is kept as one `u64` (8 bytes a pair in the
 /// table, against 34 for the two addresses), the others as they are.
 #[derive(Default)]
@@ -463,7 +470,7 @@ impl LateralDetector {
         let mut done: Vec<_> = self
             .pairs
             .iter()
-            .filter(|(_, p)| self.ended(p, now))
+            .filter(|(_, p)| p.ended(now, self.p.idle_secs))
             .map(|(k, p)| (p.first, *k))
             .collect();
         done.sort();
@@ -472,11 +479,6 @@ impl LateralDetector {
                 out.extend(self.finding(k, &p, scan));
             }
         }
-    }
-
-    /// A pair's episode is over at `now`: no flow of it open, and quiet for `idle_secs`.
-    fn ended(&self, p: &Pair, now: Timestamp) -> bool {
-        p.open == 0 && now.secs_since(p.active) >= self.p.idle_secs
     }
 
     /// Remembers that `a` and `b` talked; true when they had before.
@@ -564,14 +566,9 @@ impl LateralDetector {
         // An episode that is over is reported before this flow, whether a sweep has come by
         // since or not: where an episode ends depends on its flows' times, not on how much
         // other traffic there was.
-        if self
-            .pairs
-            .get(&(s, d))
-            .is_some_and(|p| self.ended(p, self.now))
-        {
-            if let Some(p) = self.pairs.remove(&(s, d)) {
-                out.extend(self.finding((s, d), &p, scan));
-            }
+        let (now, idle) = (self.now, self.p.idle_secs);
+        if let Some(p) = remove_if(&mut self.pairs, (s, d), |p| p.ended(now, idle)) {
+            out.extend(self.finding((s, d), &p, scan));
         }
         let open_pair = self.pairs.contains_key(&(s, d));
         // Admin ports, the rest of an open episode, and first contacts (DCE/RPC on a dynamic
@@ -863,16 +860,27 @@ mod tests {
     }
 
     fn run(st: &Settings, flows: &[FlowMeta]) -> Vec<Finding> {
+        run_with(st, flows, |_| {}).0
+    }
+
+    /// Each flow's start and its 2-second record through a detector that `tune` set up, then
+    /// the end of input: the findings and the detector.
+    fn run_with(
+        st: &Settings,
+        flows: &[FlowMeta],
+        tune: impl FnOnce(&mut LateralDetector),
+    ) -> (Vec<Finding>, LateralDetector) {
         let rules = RuleSet::embedded().unwrap();
         let scan = ScanDetector::new(st, &rules).unwrap();
         let mut d = LateralDetector::new(st, &rules).unwrap();
+        tune(&mut d);
         let mut out = Vec::new();
         for m in flows {
             d.on_event(&Emitted::Started(*m), &scan, &mut out);
             d.on_event(&Emitted::Flow(record(*m, 2)), &scan, &mut out);
         }
         d.finish(&scan, &mut out);
-        out
+        (out, d)
     }
 
     #[test]
@@ -920,23 +928,13 @@ mod tests {
     /// not push out the home pairs, whose next admin session is then no first contact.
     #[test]
     fn traffic_from_outside_does_not_push_home_pairs_out() {
-        let st = Settings::default();
-        let rules = RuleSet::embedded().unwrap();
-        let scan = ScanDetector::new(&st, &rules).unwrap();
-        let mut d = LateralDetector::new(&st, &rules).unwrap();
-        d.p.max_peers = 4;
         let mut flows = vec![meta("10.0.0.5", 40000, "10.0.0.9", 80, 100)];
         for n in 0..20u16 {
             let src = format!("203.0.113.{n}");
             flows.push(meta(&src, 50000 + n, "10.0.0.9", 443, 200 + u64::from(n)));
         }
         flows.push(meta("10.0.0.5", 40001, "10.0.0.9", 22, 1000));
-        let mut out = Vec::new();
-        for m in flows {
-            d.on_event(&Emitted::Started(m), &scan, &mut out);
-            d.on_event(&Emitted::Flow(record(m, 2)), &scan, &mut out);
-        }
-        d.finish(&scan, &mut out);
+        let (out, d) = run_with(&Settings::default(), &flows, |d| d.p.max_peers = 4);
         assert_eq!(out.len(), 1, "{:?}", crate::detect::described(&out));
         assert_eq!(out[0].evidence["new_admin_peer"], true);
         assert_eq!(out[0].evidence["first_contact"], false);

@@ -5,7 +5,7 @@
 
 use super::rules::{Rule, RuleError, RuleSet};
 use super::{Finding, Gate, Ident, Kind};
-use crate::fast::{HashMap, HashSet};
+use crate::fast::{remove_if, HashMap, HashSet};
 use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{clip_str, AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
@@ -641,14 +641,12 @@ impl ProtocolDetector {
         // An episode that ended before this login (quiet for the window, or as long as an
         // episode runs) is closed first, whether a sweep has come by since or not: where an
         // episode ends depends on the logins' times, not on how much other traffic there was.
-        if self
-            .episodes
-            .get(&key)
-            .is_some_and(|e| self.brute.ended(e.first, e.last, ts))
-        {
-            if let Some(e) = self.episodes.remove(&key) {
-                out.extend(self.episode_finding(e));
-            }
+        let brute = &self.brute;
+        let over = remove_if(&mut self.episodes, key, |e| {
+            brute.ended(e.first, e.last, ts)
+        });
+        if let Some(e) = over {
+            out.extend(self.episode_finding(e));
         }
         if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
             self.evicted += self.episodes.len() as u64;
@@ -885,14 +883,10 @@ impl ProtocolDetector {
                     r.meta.responder.port,
                 );
                 // As for logins: an episode over by this session's end is closed first.
-                if self
-                    .ssh
-                    .get(&key)
-                    .is_some_and(|v| self.brute.ended(v.0, v.1, r.last))
-                {
-                    if let Some(v) = self.ssh.remove(&key) {
-                        out.extend(self.ssh_finding(v));
-                    }
+                let brute = &self.brute;
+                let over = remove_if(&mut self.ssh, key, |v| brute.ended(v.0, v.1, r.last));
+                if let Some(v) = over {
+                    out.extend(self.ssh_finding(v));
                 }
                 if !self.ssh.contains_key(&key) && self.ssh.len() >= MAX_TRACKED {
                     self.evicted += self.ssh.len() as u64;
@@ -977,14 +971,13 @@ mod tests {
             responder_mac: None,
             local: FlowMeta::local_bits(true, true),
         };
-        let ev = ProtoEvent::Login {
-            app: AppProto::Telnet,
-            username: "root".into(),
-            password: Some(b"xc3511".to_vec()),
-            password_len: 6,
-            method: "telnet",
-            outcome: Outcome::Accepted,
-        };
+        let ev = ProtoEvent::login(
+            AppProto::Telnet,
+            "root".into(),
+            Some(b"xc3511".to_vec()),
+            "telnet",
+            Outcome::Accepted,
+        );
         (meta, ev)
     }
 
@@ -1062,14 +1055,13 @@ mod tests {
             } else {
                 format!("u{:02}", (n - 50) / 2)
             };
-            let ev = ProtoEvent::Login {
-                app: AppProto::Telnet,
+            let ev = ProtoEvent::login(
+                AppProto::Telnet,
                 username,
-                password: Some(b"guess".to_vec()),
-                password_len: 5,
-                method: "telnet",
-                outcome: Outcome::Rejected,
-            };
+                Some(b"guess".to_vec()),
+                "telnet",
+                Outcome::Rejected,
+            );
             ungated(&mut d, &meta, &ev, &mut out);
         }
         let e = d.episodes.values().next().unwrap();
@@ -1133,14 +1125,13 @@ mod tests {
                 other_traffic(&mut busy, at(68_900), &mut a);
             }
             let (meta, _) = login_in_flow(n as u64);
-            let ev = ProtoEvent::Login {
-                app: AppProto::Telnet,
-                username: format!("user{n}"),
-                password: Some(b"guess".to_vec()),
-                password_len: 5,
-                method: "telnet",
-                outcome: Outcome::Rejected,
-            };
+            let ev = ProtoEvent::login(
+                AppProto::Telnet,
+                format!("user{n}"),
+                Some(b"guess".to_vec()),
+                "telnet",
+                Outcome::Rejected,
+            );
             for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
                 d.on_app(&meta, at(ms), Direction::Forward, &ev, &mut Ungated, out);
             }

@@ -260,27 +260,25 @@ impl FtpAnalyzer {
     /// Judge the pending USER + PASS attempt.
     fn flush(&mut self, outcome: Outcome, out: &mut Vec<ProtoEvent>) {
         if let Some(pass) = self.pass.take() {
-            out.push(ProtoEvent::Login {
-                app: AppProto::Ftp,
-                username: self.user.clone().unwrap_or_default(),
-                password_len: pass.len(),
-                password: Some(pass),
-                method: "ftp",
+            out.push(ProtoEvent::login(
+                AppProto::Ftp,
+                self.user.clone().unwrap_or_default(),
+                Some(pass),
+                "ftp",
                 outcome,
-            });
+            ));
         }
     }
 
     /// A USER answered without any PASS (230 or 530 straight away).
     fn flush_user(&mut self, outcome: Outcome, out: &mut Vec<ProtoEvent>) {
-        out.push(ProtoEvent::Login {
-            app: AppProto::Ftp,
-            username: self.user.clone().unwrap_or_default(),
-            password: None,
-            password_len: 0,
-            method: "ftp",
+        out.push(ProtoEvent::login(
+            AppProto::Ftp,
+            self.user.clone().unwrap_or_default(),
+            None,
+            "ftp",
             outcome,
-        });
+        ));
     }
 
     /// Bytes of the buffers, each measured by `m` (`Vec::len`: content; `Vec::capacity`:
@@ -312,14 +310,13 @@ mod tests {
     use super::*;
 
     fn login(user: &str, pass: Option<&[u8]>, outcome: Outcome) -> ProtoEvent {
-        ProtoEvent::Login {
-            app: AppProto::Ftp,
-            username: user.into(),
-            password: pass.map(|p| p.to_vec()),
-            password_len: pass.map_or(0, <[u8]>::len),
-            method: "ftp",
+        ProtoEvent::login(
+            AppProto::Ftp,
+            user.into(),
+            pass.map(<[u8]>::to_vec),
+            "ftp",
             outcome,
-        }
+        )
     }
 
     #[test]

@@ -961,14 +961,13 @@ mod tests {
         method: &'static str,
         outcome: Outcome,
     ) -> ProtoEvent {
-        ProtoEvent::Login {
-            app: AppProto::Http,
-            username: user.into(),
-            password: pass.map(|p| p.to_vec()),
-            password_len: pass.map_or(0, <[u8]>::len),
+        ProtoEvent::login(
+            AppProto::Http,
+            user.into(),
+            pass.map(<[u8]>::to_vec),
             method,
             outcome,
-        }
+        )
     }
 
     #[test]
@@ -1312,14 +1311,13 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mqtt\r\nS
         )));
         assert_eq!(
             logins(&out),
-            vec![&ProtoEvent::Login {
-                app: AppProto::MqttWs,
-                username: "alice".into(),
-                password: Some(b"secret".to_vec()),
-                password_len: 6,
-                method: "mqtt-connect",
-                outcome: Outcome::Accepted
-            }]
+            vec![&ProtoEvent::login(
+                AppProto::MqttWs,
+                "alice".into(),
+                Some(b"secret".to_vec()),
+                "mqtt-connect",
+                Outcome::Accepted
+            )]
         );
     }
 

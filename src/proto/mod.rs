@@ -221,6 +221,27 @@ pub enum ProtoEvent {
     Smb(smb::SmbEvent),
 }
 
+impl ProtoEvent {
+    /// A login whose password, if any, is handed on whole (`password_len` is its length); a
+    /// login that waited for its answer keeps it cut ([`PendingLogin`]).
+    pub fn login(
+        app: AppProto,
+        username: String,
+        password: Option<Vec<u8>>,
+        method: &'static str,
+        outcome: Outcome,
+    ) -> ProtoEvent {
+        ProtoEvent::Login {
+            app,
+            username,
+            password_len: password.as_ref().map_or(0, Vec::len),
+            password,
+            method,
+            outcome,
+        }
+    }
+}
+
 /// Resource limits of the analyzers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProtoLimits {

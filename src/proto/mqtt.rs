@@ -825,14 +825,13 @@ mod tests {
     }
 
     fn login(user: &str, pass: &[u8], outcome: Outcome) -> ProtoEvent {
-        ProtoEvent::Login {
-            app: AppProto::Mqtt,
-            username: user.into(),
-            password: Some(pass.to_vec()),
-            password_len: pass.len(),
-            method: "mqtt-connect",
+        ProtoEvent::login(
+            AppProto::Mqtt,
+            user.into(),
+            Some(pass.to_vec()),
+            "mqtt-connect",
             outcome,
-        }
+        )
     }
 
     #[test]

@@ -344,14 +344,13 @@ impl TelnetAnalyzer {
             if outcome == Outcome::Accepted {
                 self.phase = Phase::LoggedIn;
             }
-            out.push(ProtoEvent::Login {
-                app: AppProto::Telnet,
-                username: user,
-                password_len: pass.len(),
-                password: Some(pass),
-                method: "telnet",
+            out.push(ProtoEvent::login(
+                AppProto::Telnet,
+                user,
+                Some(pass),
+                "telnet",
                 outcome,
-            });
+            ));
         }
     }
 }
@@ -390,14 +389,13 @@ mod tests {
     }
 
     fn login(user: &str, pass: &[u8], outcome: Outcome) -> ProtoEvent {
-        ProtoEvent::Login {
-            app: AppProto::Telnet,
-            username: user.into(),
-            password: Some(pass.to_vec()),
-            password_len: pass.len(),
-            method: "telnet",
+        ProtoEvent::login(
+            AppProto::Telnet,
+            user.into(),
+            Some(pass.to_vec()),
+            "telnet",
             outcome,
-        }
+        )
     }
 
     #[test]
