@@ -8,7 +8,8 @@
 //! * Without a policy covering the two hosts, an internal host that opens an admin or
 //!   remote-execution session (SSH, Telnet, SMB, RDP, WinRM, VNC, DCE/RPC) to another internal
 //!   host it has never talked to raises `lateral_movement`. The flows of such a *fresh* pair that
-//!   follow within `idle_secs` make one episode, reported once when the pair goes quiet, with the
+//!   follow within `idle_secs` make one episode, reported once when the pair goes quiet (no flow
+//!   of it open, and `idle_secs` past its flows' last packets), with the
 //!   SMB evidence of all its flows: shares (`ADMIN$`, `IPC$`), named pipes (`svcctl`,
 //!   `PSEXESVC`...), DCE/RPC interfaces and operations, NTLM users.
 //! * A session from a host that scanned shortly before refers to the scan (`after_scan`).
@@ -253,6 +254,9 @@ struct FlowInfo {
 struct Pair {
     first: Timestamp,
     last: Timestamp,
+    /// The latest packet time known of the episode's flows: their starts, their SMB events and
+    /// their records' last packets (not when the records came: a flow's record comes at its
+    /// end, later under load or after an idle timeout).
     active: Timestamp,
     open: u32,
     first_contact: bool,
@@ -430,7 +434,7 @@ impl LateralDetector {
         if let Some(f) = self.flows.get_mut(&meta.id) {
             f.evidence.add(ev);
             if let Some(p) = self.pairs.get_mut(&f.pair) {
-                p.active = self.now;
+                p.active = p.active.max(ts);
             }
         }
     }
@@ -592,11 +596,10 @@ impl LateralDetector {
             .start
             .is_some_and(|t0| m.first.secs_since(t0) < self.p.learning_secs);
         let new_admin = !learning && !self.had_admin(s, d);
-        let now = self.now;
         let p = self.pairs.entry((s, d)).or_insert_with(|| Pair {
             first: m.first,
             last: m.first,
-            active: now,
+            active: m.first,
             open: 0,
             first_contact: !talked,
             new_admin,
@@ -608,7 +611,7 @@ impl LateralDetector {
             meta: *m,
         });
         p.open += 1;
-        p.active = now;
+        p.active = p.active.max(m.first);
         p.policy_denied |= denied;
         self.flows.insert(
             m.id,
@@ -637,12 +640,11 @@ impl LateralDetector {
         let service = self.service(m).map(str::to_string).or_else(|| {
             (!ev.interfaces.is_empty() || ev.dialects.contains("dcerpc")).then(|| "dcerpc".into())
         });
-        let now = self.now;
         if let Some(p) = self.pairs.get_mut(&pair) {
             if last_slice {
                 p.open = p.open.saturating_sub(1);
             }
-            p.active = now;
+            p.active = p.active.max(r.last);
         }
         let Some(service) = service else {
             return;
@@ -922,6 +924,48 @@ mod tests {
         assert_eq!(out[1].evidence["service"], "ssh");
         assert_eq!(out[1].evidence["first_contact"], true);
         assert_eq!(out[1].evidence["new_admin_peer"], true);
+    }
+
+    /// An episode ends `idle_secs` after its flows' last packets, whenever their records come:
+    /// a record that comes late (other traffic has moved the detector's clock on) does not
+    /// keep the episode open for a session that follows past the idle time.
+    #[test]
+    fn episodes_end_by_the_flows_own_times_whenever_their_records_come() {
+        let st = Settings::default();
+        let rules = RuleSet::embedded().unwrap();
+        let scan = ScanDetector::new(&st, &rules).unwrap();
+        // An SSH session (last packet at 102 s), traffic to the Internet at 165 s, and a second
+        // SSH session of the pair at 170 s: 68 s after the first one's last packet.
+        let a = meta("10.0.0.5", 40001, "10.0.0.9", 22, 100);
+        let other = meta("10.0.0.6", 40000, "192.0.2.1", 443, 165);
+        let b = meta("10.0.0.5", 40002, "10.0.0.9", 22, 170);
+        for late in [false, true] {
+            let mut d = LateralDetector::new(&st, &rules).unwrap();
+            let mut out = Vec::new();
+            let mut ev = |d: &mut LateralDetector, e: Emitted| d.on_event(&e, &scan, &mut out);
+            ev(&mut d, Emitted::Started(a));
+            if !late {
+                ev(&mut d, Emitted::Flow(record(a, 2)));
+            }
+            ev(&mut d, Emitted::Started(other));
+            ev(&mut d, Emitted::Flow(record(other, 2)));
+            if late {
+                // The first session's record comes after the other traffic, at 167 s.
+                ev(&mut d, Emitted::Flow(record(a, 2)));
+            }
+            ev(&mut d, Emitted::Started(b));
+            ev(&mut d, Emitted::Flow(record(b, 2)));
+            d.finish(&scan, &mut out);
+            // Two episodes: the first one's alert counts its one session (the second session
+            // is no new admin peer any more, so it raises none).
+            assert_eq!(out.len(), 1, "late {late}: {out:?}");
+            assert_eq!(
+                out[0].evidence["flows"],
+                serde_json::Value::from(1),
+                "late {late}: {out:?}"
+            );
+            assert_eq!(out[0].ts, Timestamp::from_secs(102), "late {late}");
+        }
     }
 
     /// Pairs with an end outside the home networks are not remembered: a flood of them does
