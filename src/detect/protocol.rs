@@ -151,7 +151,7 @@ impl Who {
     }
     fn matches(&self, ip: IpAddr, client_id: Option<&str>) -> bool {
         match self {
-            Who::Net(n) => n.contains(&ip),
+            Who::Net(n) => crate::settings::in_nets(std::slice::from_ref(n), ip),
             Who::Client(c) => client_id.is_some_and(|id| match c.strip_suffix('*') {
                 Some(prefix) => id.starts_with(prefix),
                 None => id == c,
