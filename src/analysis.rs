@@ -183,11 +183,20 @@ impl Analysis {
         }
     }
 
-    /// End of input.
-    pub fn finish(&mut self, findings: &mut Vec<Finding>, new_devices: &mut Vec<DeviceProfile>) {
-        self.detectors.finish(findings);
+    /// End of input, in steps (see [`Detectors::finish_some`]): true while more remains, so
+    /// that the caller writes each step's findings before the next is made.
+    pub fn finish_some(
+        &mut self,
+        findings: &mut Vec<Finding>,
+        new_devices: &mut Vec<DeviceProfile>,
+        max: usize,
+    ) -> bool {
+        if self.detectors.finish_some(findings, max) {
+            return true;
+        }
         self.devices.finish(&mut self.dev_out);
         self.drain_devices(findings, new_devices);
+        false
     }
 }
 

@@ -393,11 +393,18 @@ impl Back {
         }
     }
 
-    /// End of input for the detectors.
+    /// End of input for the detectors: what is still open is reported and written a step at
+    /// a time, so that the findings of many open episodes are not all held at once.
     pub fn finish_detectors(&mut self) {
-        self.analysis
-            .finish(&mut self.findings, &mut self.new_devices);
-        self.write_findings();
+        loop {
+            let more =
+                self.analysis
+                    .finish_some(&mut self.findings, &mut self.new_devices, FINISH_STEP);
+            self.write_findings();
+            if !more {
+                break;
+            }
+        }
     }
 
     /// Writes a `stats` event with the workers' counters.
@@ -434,6 +441,9 @@ impl Back {
         }
     }
 }
+
+/// Open brute-force episodes reported and written per step at the end of input.
+const FINISH_STEP: usize = 1024;
 
 /// The single-threaded engine hands events to the back end after this many frames, or
 /// [`BATCH_EVENTS`] events, whichever comes first: each stage's code and tables stay warm in

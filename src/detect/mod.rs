@@ -325,9 +325,18 @@ impl Detectors {
 
     /// End of input: report what is still open.
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
-        self.protocol.finish(out);
+        while self.finish_some(out, usize::MAX) {}
+    }
+
+    /// End of input, in steps of at most `max` brute-force episodes (the one table that a
+    /// hostile network fills with findings to make); true while some remain.
+    pub fn finish_some(&mut self, out: &mut Vec<Finding>, max: usize) -> bool {
+        if self.protocol.finish_some(out, max) {
+            return true;
+        }
         self.scan.finish(out);
         self.lateral.finish(&self.scan, out);
+        false
     }
 }
 

@@ -212,15 +212,33 @@ struct Episode {
     /// Hashes of the distinct usernames tried (the first `MAX_USERNAMES`), to count them.
     tried: Vec<u64>,
     /// The `SHOWN_USERNAMES` of those that sort first, cut to `MAX_KEPT` bytes (the
-    /// alert's list).
+    /// alert's list), as far as `MAX_NAME_BYTES` lets all the episodes keep names.
     usernames: BTreeSet<String>,
+    /// What `usernames` counts against `MAX_NAME_BYTES` (see [`name_cost`]).
+    name_bytes: usize,
+    /// Distinct usernames not kept for the list because the episodes' names had reached
+    /// `MAX_NAME_BYTES`.
+    names_not_kept: u32,
     accepted_user: Option<String>,
     meta: FlowMeta,
 }
 
+/// A brute-force episode's source, server and service port.
+type EpisodeKey = (IpAddr, IpAddr, u16);
+
 const MAX_USERNAMES: usize = 64;
 const SHOWN_USERNAMES: usize = 10;
 const MAX_TRACKED: usize = 100_000;
+/// The usernames that all open brute-force episodes keep for their alerts' lists, in bytes
+/// (with [`name_cost`]'s overhead): 16 MiB, some 58,000 names cut to 256 bytes or 450,000 of 5.
+/// Without it, a spray of 100,000 sources guessing long names held 330 MB of names.
+const MAX_NAME_BYTES: usize = 16 << 20;
+
+/// What a kept username costs: its bytes and about what its allocation and its place in the
+/// episode's set take.
+fn name_cost(name: &str) -> usize {
+    name.len() + 32
+}
 
 /// Short SSH connections from one source to one server: (first, last, count, a flow of them).
 type SshEpisode = (Timestamp, Timestamp, u32, FlowMeta);
@@ -251,11 +269,17 @@ pub struct ProtocolDetector {
     defaults: HashSet<(String, Vec<u8>)>,
     default_lists: Vec<String>,
     brute: BruteParams,
-    episodes: HashMap<(IpAddr, IpAddr, u16), Episode>,
+    episodes: HashMap<EpisodeKey, Episode>,
     ssh: HashMap<(IpAddr, IpAddr, u16), SshEpisode>,
     acl: Option<Acl>,
     flows: HashMap<FlowId, FlowFacts>,
     last_sweep: Timestamp,
+    /// Bytes of the usernames that the open episodes keep, held to `max_name_bytes`
+    /// (`MAX_NAME_BYTES`).
+    name_bytes: usize,
+    max_name_bytes: usize,
+    /// At the end of input: the episodes still to report, last = next (see `finish_some`).
+    closing: Vec<(Timestamp, FlowId, EpisodeKey)>,
     /// Tracking entries dropped because a table was full.
     pub evicted: u64,
 }
@@ -299,6 +323,9 @@ impl ProtocolDetector {
             acl: None,
             flows: HashMap::default(),
             last_sweep: Timestamp::ZERO,
+            name_bytes: 0,
+            max_name_bytes: MAX_NAME_BYTES,
+            closing: Vec::new(),
             evicted: 0,
         };
         if let Some(r) = rules.get(Kind::DefaultCredentials, "") {
@@ -651,6 +678,7 @@ impl ProtocolDetector {
         if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
             self.evicted += self.episodes.len() as u64;
             self.episodes.clear();
+            self.name_bytes = 0;
         }
         let name_hash = std::hash::BuildHasher::hash_one(self.episodes.hasher(), username);
         let e = self.episodes.entry(key).or_insert_with(|| Episode {
@@ -661,6 +689,8 @@ impl ProtocolDetector {
             successes: 0,
             tried: Vec::new(),
             usernames: BTreeSet::new(),
+            name_bytes: 0,
+            names_not_kept: 0,
             accepted_user: None,
             meta: *meta,
         });
@@ -670,9 +700,21 @@ impl ProtocolDetector {
                 e.last = ts;
                 if e.tried.len() < MAX_USERNAMES && !e.tried.contains(&name_hash) {
                     e.tried.push(name_hash);
-                    e.usernames.insert(clip_str(username).to_string());
-                    if e.usernames.len() > SHOWN_USERNAMES {
-                        e.usernames.pop_last();
+                    let name = clip_str(username);
+                    // A name that would not be among the list's first is not allocated.
+                    let listed = e.usernames.len() < SHOWN_USERNAMES
+                        || e.usernames.last().is_some_and(|l| name < l.as_str());
+                    if listed && self.name_bytes + name_cost(name) > self.max_name_bytes {
+                        e.names_not_kept += 1;
+                    } else if listed && e.usernames.insert(name.to_string()) {
+                        e.name_bytes += name_cost(name);
+                        self.name_bytes += name_cost(name);
+                        if e.usernames.len() > SHOWN_USERNAMES {
+                            if let Some(l) = e.usernames.pop_last() {
+                                e.name_bytes -= name_cost(&l);
+                                self.name_bytes -= name_cost(&l);
+                            }
+                        }
                     }
                 }
             }
@@ -723,7 +765,9 @@ impl ProtocolDetector {
         }
     }
 
-    fn episode_finding(&self, e: Episode) -> Option<Finding> {
+    /// A closed episode's finding (if it had enough failures); its names leave the budget.
+    fn episode_finding(&mut self, e: Episode) -> Option<Finding> {
+        self.name_bytes -= e.name_bytes;
         if e.failures < self.brute.failures {
             return None;
         }
@@ -753,9 +797,15 @@ impl ProtocolDetector {
                     "rejected"
                 },
             );
-        let mut f = match &e.accepted_user {
+        let f = match &e.accepted_user {
             Some(u) => f.with("accepted_username", u.clone()),
             None => f,
+        };
+        // Said only when it happened: names left out of the list for memory, not by sorting.
+        let mut f = if e.names_not_kept > 0 {
+            f.with("usernames_not_kept", e.names_not_kept)
+        } else {
+            f
         };
         f.identifier = format!(
             "{}|{}|{}|{}",
@@ -901,16 +951,40 @@ impl ProtocolDetector {
 
     /// End of input: report open episodes.
     pub fn finish(&mut self, out: &mut Vec<Finding>) {
-        let mut eps: Vec<_> = self.episodes.drain().map(|(_, e)| e).collect();
-        eps.sort_by_key(|e| (e.first, e.meta.id));
-        for e in eps {
-            out.extend(self.episode_finding(e));
+        while self.finish_some(out, usize::MAX) {}
+    }
+
+    /// End of input, in steps: reports up to `max` of the open brute-force episodes (in the
+    /// order of their first login, then flow) and returns true while some remain, so that the
+    /// alert stage can write them as they come; then the SSH episodes. A spray from 100,000
+    /// sources left as many episodes open, and their findings were all built before any was
+    /// written.
+    pub fn finish_some(&mut self, out: &mut Vec<Finding>, max: usize) -> bool {
+        if self.closing.is_empty() {
+            self.closing = self
+                .episodes
+                .iter()
+                .map(|(k, e)| (e.first, e.meta.id, *k))
+                .collect();
+            self.closing.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        for _ in 0..max {
+            let Some((_, _, k)) = self.closing.pop() else {
+                break;
+            };
+            if let Some(e) = self.episodes.remove(&k) {
+                out.extend(self.episode_finding(e));
+            }
+        }
+        if !self.closing.is_empty() {
+            return true;
         }
         let mut ssh: Vec<_> = self.ssh.drain().map(|(_, v)| v).collect();
         ssh.sort_by_key(|v| (v.0, v.3.id));
         for v in ssh {
             out.extend(self.ssh_finding(v));
         }
+        false
     }
 }
 
@@ -1079,6 +1153,106 @@ mod tests {
         assert_eq!(ev["password_spraying"], true);
         let want: Vec<String> = (0..10).map(|i| format!("u{i:02}")).collect();
         assert_eq!(ev["usernames"], serde_json::json!(want));
+    }
+
+    /// A failed Telnet login with `username` from 198.18.(1 + src / 250).(src % 250) at
+    /// `secs`.
+    fn fail(
+        d: &mut ProtocolDetector,
+        src: u32,
+        username: String,
+        secs: u64,
+        out: &mut Vec<Finding>,
+    ) {
+        let (mut meta, _) = login_in_flow(u64::from(src));
+        let a = 0xC612_0000 + (1 + src / 250) * 256 + src % 250;
+        meta.initiator.ip = IpAddr::V4(a.into());
+        meta.first = Timestamp::from_secs(secs);
+        let ev = ProtoEvent::login(
+            AppProto::Telnet,
+            username,
+            Some(b"guess".to_vec()),
+            "telnet",
+            Outcome::Rejected,
+        );
+        ungated(d, &meta, &ev, out);
+    }
+
+    /// The usernames kept for the alerts' lists are held to one budget over all episodes: past
+    /// it an episode counts the names it could not keep, and an episode that ends gives its
+    /// names' bytes back.
+    #[test]
+    fn the_episodes_names_are_held_to_one_budget() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut d = ProtocolDetector::new(&rs, false).unwrap();
+        // Names of 300 bytes are kept cut to 256: ten of them fit.
+        let cost = name_cost(&"x".repeat(crate::proto::MAX_KEPT));
+        d.max_name_bytes = 10 * cost;
+        let name = |src: u32, i: u32| format!("{src}-{i}-{}", "x".repeat(300));
+        let mut out = Vec::new();
+        for src in 0..3 {
+            for i in 0..6 {
+                fail(&mut d, src, name(src, i), 1_000 + u64::from(src), &mut out);
+            }
+        }
+        let held: usize = d.episodes.values().map(|e| e.name_bytes).sum();
+        assert_eq!((d.name_bytes, held), (10 * cost, 10 * cost));
+        // Past the window, a sweep closes all three and gives their names back.
+        other_traffic(&mut d, at(200_000), &mut out);
+        assert_eq!((d.episodes.len(), d.name_bytes), (0, 0));
+        for i in 0..6 {
+            fail(&mut d, 3, name(3, i), 1_300, &mut out);
+        }
+        d.finish(&mut out);
+        assert_eq!(d.name_bytes, 0);
+        let got: Vec<_> = out
+            .iter()
+            .filter(|f| f.kind == Kind::BruteForce)
+            .map(|f| {
+                let e = &f.evidence;
+                let kept = e["usernames"].as_array().map_or(0, Vec::len);
+                let not_kept = e.get("usernames_not_kept").cloned();
+                (e["distinct_usernames"].clone(), kept, not_kept)
+            })
+            .collect();
+        let n = |v: u64| serde_json::Value::from(v);
+        assert_eq!(
+            got,
+            vec![
+                (n(6), 6, None),
+                (n(6), 4, Some(n(2))),
+                (n(6), 0, Some(n(6))),
+                (n(6), 6, None),
+            ]
+        );
+    }
+
+    /// At the end of input the open episodes are reported a step at a time, in the order
+    /// `finish` reports them at once.
+    #[test]
+    fn open_episodes_are_reported_in_steps_at_the_end() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut stepped = ProtocolDetector::new(&rs, false).unwrap();
+        let mut whole = ProtocolDetector::new(&rs, false).unwrap();
+        let mut ignored = Vec::new();
+        for src in 0..2_500 {
+            for i in 0..5 {
+                let secs = 1_000 + u64::from(src % 7);
+                for d in [&mut stepped, &mut whole] {
+                    fail(d, src, format!("user{i}"), secs, &mut ignored);
+                }
+            }
+        }
+        assert!(ignored.iter().all(|f| f.kind != Kind::BruteForce));
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut sizes = Vec::new();
+        while stepped.finish_some(&mut a, 1_024) {
+            sizes.push(a.len());
+        }
+        sizes.push(a.len());
+        whole.finish(&mut b);
+        assert_eq!(sizes, [1_024, 2_048, 2_500]);
+        assert_eq!(crate::detect::described(&a), crate::detect::described(&b));
     }
 
     /// `ms` milliseconds after second 1,000.

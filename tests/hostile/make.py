@@ -35,6 +35,9 @@ Captures (packet counts at small / full scale):
   long_names      MQTT clients, one per home address, each with a 30 KB client id publishing to
                   32 distinct 60 KB topics: what a device's profile keeps of its names
                   (20 / 300 clients)
+  login_spray     sources that each guess 12 usernames of 300 bytes over one FTP session, all
+                  within one brute-force window: what the open episodes keep (200 / 100,000
+                  sources)
   tiny_fragments  IPv4 datagrams cut into 8-byte fragments, out of order and overlapping, and
                   a stream of first fragments whose rest never comes
 """
@@ -371,6 +374,27 @@ def long_names(path, full):
     return p.close()
 
 
+def login_spray(path, full):
+    """Sources each guessing `tries` long usernames over one FTP session, all within one
+    brute-force window, so every source's episode is open at once."""
+    n = 100_000 if full else 200
+    tries = 12
+    p = Pcap(path)
+    for i in range(n):
+        a = 0xC6120000 + (16 + i // 250) * 256 + 1 + i % 250  # 198.18.16.1 onwards
+        cli = "%d.%d.%d.%d" % (a >> 24, a >> 16 & 255, a >> 8 & 255, a & 255)
+        s = Session(p, cli, "198.18.1.10", 20000 + i % 40000, 21)
+        s.handshake()
+        s.send(False, b"220 ready\r\n")
+        for t in range(tries):
+            s.send(True, b"USER " + b"%06d-%02d-" % (i, t) + b"u" * 290 + b"\r\n")
+            s.send(False, b"331 Password required\r\n")
+            s.send(True, b"PASS guess%02d\r\n" % t)
+            s.send(False, b"530 Login incorrect\r\n")
+        s.close()
+    return p.close()
+
+
 def tiny_fragments(path, full):
     n = 200_000 if full else 5_000
     rnd = random.Random(3)
@@ -405,6 +429,7 @@ ALL = {
     "memcap_pin": memcap_pin,
     "auth_pipeline": auth_pipeline,
     "long_names": long_names,
+    "login_spray": login_spray,
     "tiny_fragments": tiny_fragments,
 }
 

@@ -274,6 +274,30 @@ fn hostile_captures_are_survived_and_counted() {
         |a| a["evidence"]["password_length"] == 30_000 && a["evidence"]["username"] == "admin"
     ));
 
+    // 200 sources, each guessing 12 usernames of 300 bytes over FTP within one window: one
+    // brute-force alert each, listing the ten names that sort first, cut to 256 bytes (the
+    // names all the episodes keep are held to a budget that this scale stays under).
+    let (_, alerts) = replay(&dir, "login_spray", &config);
+    let brute: Vec<_> = alerts
+        .iter()
+        .filter(|a| a["alert"]["kind"] == "brute_force")
+        .collect();
+    assert_eq!(brute.len(), 200);
+    for a in &brute {
+        let e = &a["evidence"];
+        let names = e["usernames"].as_array().unwrap();
+        assert_eq!(
+            (&e["failed_logins"], &e["distinct_usernames"]),
+            (&12.into(), &12.into())
+        );
+        assert_eq!(names.len(), 10, "{e}");
+        assert!(
+            names.iter().all(|u| u.as_str().unwrap().len() == 256),
+            "{e}"
+        );
+        assert!(e.get("usernames_not_kept").is_none(), "{e}");
+    }
+
     // 20 MQTT clients, each with a 30 KB client id publishing to 32 distinct 60 KB topics: the
     // devices' profiles keep every topic and id, cut to 256 bytes.
     let o = run(&[
