@@ -127,6 +127,39 @@ struct Evidence {
 
 const MAX_SET: usize = 64;
 
+/// No evidence (what a flow or episode without SMB has).
+static NO_EVIDENCE: Evidence = Evidence {
+    shares: BTreeSet::new(),
+    pipes: BTreeSet::new(),
+    files: BTreeSet::new(),
+    interfaces: BTreeSet::new(),
+    operations: BTreeSet::new(),
+    users: BTreeSet::new(),
+    dialects: BTreeSet::new(),
+    encrypted: false,
+    last_share: String::new(),
+};
+
+/// A flow's or an episode's SMB evidence, allocated at its first SMB event: most tracked
+/// flows (first contacts between home hosts, every flow of a flood of them) carry none, and
+/// the evidence is 200 bytes.
+#[derive(Default)]
+struct Smb(Option<Box<Evidence>>);
+
+impl Smb {
+    fn get(&self) -> &Evidence {
+        self.0.as_deref().unwrap_or(&NO_EVIDENCE)
+    }
+    fn get_mut(&mut self) -> &mut Evidence {
+        self.0.get_or_insert_with(Box::default)
+    }
+    fn merge(&mut self, other: &Smb) {
+        if let Some(o) = &other.0 {
+            self.get_mut().merge(o);
+        }
+    }
+}
+
 fn put(set: &mut BTreeSet<String>, v: String) {
     if set.len() < MAX_SET {
         set.insert(v);
@@ -246,7 +279,7 @@ impl Evidence {
 /// A tracked flow of a fresh or policy-checked pair.
 struct FlowInfo {
     pair: (IpAddr, IpAddr),
-    evidence: Evidence,
+    evidence: Smb,
     merged: bool,
 }
 
@@ -266,7 +299,7 @@ struct Pair {
     services: BTreeSet<String>,
     ports: BTreeSet<u16>,
     flows: u32,
-    evidence: Evidence,
+    evidence: Smb,
     meta: FlowMeta,
 }
 
@@ -432,7 +465,7 @@ impl LateralDetector {
             self.now = ts;
         }
         if let Some(f) = self.flows.get_mut(&meta.id) {
-            f.evidence.add(ev);
+            f.evidence.get_mut().add(ev);
             if let Some(p) = self.pairs.get_mut(&f.pair) {
                 p.active = p.active.max(ts);
             }
@@ -607,7 +640,7 @@ impl LateralDetector {
             services: BTreeSet::new(),
             ports: BTreeSet::new(),
             flows: 0,
-            evidence: Evidence::default(),
+            evidence: Smb::default(),
             meta: *m,
         });
         p.open += 1;
@@ -617,7 +650,7 @@ impl LateralDetector {
             m.id,
             FlowInfo {
                 pair: (s, d),
-                evidence: Evidence::default(),
+                evidence: Smb::default(),
                 merged: false,
             },
         );
@@ -629,10 +662,13 @@ impl LateralDetector {
         let Some(f) = self.flows.get_mut(&m.id) else {
             return;
         };
-        let ev = std::mem::take(&mut f.evidence);
+        let taken = std::mem::take(&mut f.evidence);
         let was_merged = f.merged;
         f.merged = true;
-        f.evidence.last_share = ev.last_share.clone();
+        let ev = taken.get();
+        if !ev.last_share.is_empty() {
+            f.evidence.get_mut().last_share = ev.last_share.clone();
+        }
         let pair = f.pair;
         if last_slice {
             self.flows.remove(&m.id);
@@ -652,7 +688,7 @@ impl LateralDetector {
         let established = r.synack_seen || (r.fwd.payload_bytes > 0 && r.rev.payload_bytes > 0);
         let opened = r.fwd.syns > 0;
         let smb = service == "smb" || service == "dcerpc";
-        let privileged = self.privileged(&ev);
+        let privileged = self.privileged(ev);
         let Some(p) = self.pairs.get_mut(&pair) else {
             return;
         };
@@ -682,7 +718,7 @@ impl LateralDetector {
         p.services.insert(service);
         p.ports.insert(m.responder.port);
         p.last = p.last.max(r.last);
-        p.evidence.merge(&ev);
+        p.evidence.merge(&taken);
     }
 
     fn policy_finding(&self, m: &FlowMeta, zf: &str, zt: &str) -> Finding {
@@ -703,7 +739,7 @@ impl LateralDetector {
     }
 
     fn finding(&self, (s, d): (IpAddr, IpAddr), p: &Pair, scan: &ScanDetector) -> Option<Finding> {
-        let e = &p.evidence;
+        let e = p.evidence.get();
         if p.flows == 0 || !(p.new_admin || p.policy_denied || e.remote_exec()) {
             return None;
         }
@@ -966,6 +1002,37 @@ mod tests {
             );
             assert_eq!(out[0].ts, Timestamp::from_secs(102), "late {late}");
         }
+    }
+
+    /// Tracked flows and episodes without SMB hold no evidence of their own (a flood of first
+    /// contacts between home hosts carries none); the first SMB event of a flow makes it, and
+    /// its episode takes it when the flow ends.
+    #[test]
+    fn evidence_is_allocated_at_the_first_smb_event() {
+        let st = Settings::default();
+        let rules = RuleSet::embedded().unwrap();
+        let scan = ScanDetector::new(&st, &rules).unwrap();
+        let mut d = LateralDetector::new(&st, &rules).unwrap();
+        let mut out = Vec::new();
+        let ssh = meta("10.0.0.5", 40001, "10.0.0.9", 22, 100);
+        let smb = meta("10.0.0.5", 40002, "10.0.0.7", 445, 101);
+        for m in [ssh, smb] {
+            d.on_event(&Emitted::Started(m), &scan, &mut out);
+        }
+        assert_eq!(d.flows.len(), 2);
+        assert!(d.flows.values().all(|f| f.evidence.0.is_none()));
+        let at = Timestamp::from_secs(102);
+        d.on_smb(&smb, at, &SmbEvent::Protocol { dialect: "smb2" });
+        d.on_smb(&smb, at, &SmbEvent::Encrypted);
+        assert!(d.flows[&smb.id].evidence.0.is_some());
+        assert!(d.flows[&ssh.id].evidence.0.is_none());
+        for m in [ssh, smb] {
+            d.on_event(&Emitted::Flow(record(m, 2)), &scan, &mut out);
+        }
+        let pair = |m: &FlowMeta| &d.pairs[&(m.initiator.ip, m.responder.ip)];
+        assert!(pair(&ssh).evidence.0.is_none());
+        let e = pair(&smb).evidence.get();
+        assert!(e.encrypted && e.dialects.contains("smb2"));
     }
 
     /// Pairs with an end outside the home networks are not remembered: a flood of them does
