@@ -314,38 +314,22 @@ impl SmbParser {
         }
     }
 
+    /// True when a flow to `server_port` whose first client bytes are `first` (a first chunk
+    /// of data) is neither SMB nor DCE/RPC: what a parser fed `first` would find, found without
+    /// making one (most flows are neither, and a parser gathers the first bytes in a buffer).
+    pub fn rejects(server_port: u16, first: &[u8]) -> bool {
+        let d = &first[..first.len().min(DETECT_WINDOW)];
+        match detect(server_port, d) {
+            Detect::Found(..) => false,
+            Detect::NeedMore => d.len() >= DETECT_WINDOW,
+            Detect::No => true,
+        }
+    }
+
     /// Recognises the protocol from the first client bytes; returns the mode and the bytes to
     /// skip to reach a message boundary.
     fn detect(&self, d: &[u8]) -> Detect {
-        let smb_port = matches!(self.server_port, 139 | 445);
-        let magic_at = |i: usize| {
-            d.get(i..i + 4)
-                .is_some_and(|m| m == SMB2_MAGIC || m == SMB1_MAGIC || m == SMB3_TRANSFORM)
-        };
-        if d.len() < 10 {
-            return Detect::NeedMore;
-        }
-        if d[0] == 0 && magic_at(4) {
-            return Detect::Found(Mode::Smb, 0);
-        }
-        // NetBIOS session request (port 139) before SMB.
-        if d[0] == 0x81 && smb_port {
-            return Detect::Found(Mode::Smb, 0);
-        }
-        // DCE/RPC v5.0 BIND / ALTER_CONTEXT / REQUEST.
-        if d[0] == 5 && d[1] == 0 && matches!(d[2], 0 | 11 | 14) {
-            return Detect::Found(Mode::DceRpc, 0);
-        }
-        if smb_port {
-            // Picked up mid-stream: resynchronise on the next SMB header.
-            for i in 4..d.len() {
-                if magic_at(i) && d[i - 4] == 0 {
-                    return Detect::Found(Mode::Smb, i - 4);
-                }
-            }
-            return Detect::NeedMore;
-        }
-        Detect::No
+        detect(self.server_port, d)
     }
 
     /// Splits the stream into messages: a header of `hl` bytes that gives the message length,
@@ -720,6 +704,41 @@ impl SmbParser {
     }
 }
 
+/// Recognises the protocol from the first client bytes of a flow to `server_port`; returns the
+/// mode and the bytes to skip to reach a message boundary.
+fn detect(server_port: u16, d: &[u8]) -> Detect {
+    let smb_port = matches!(server_port, 139 | 445);
+
+    let magic_at = |i: usize| {
+        d.get(i..i + 4)
+            .is_some_and(|m| m == SMB2_MAGIC || m == SMB1_MAGIC || m == SMB3_TRANSFORM)
+    };
+    if d.len() < 10 {
+        return Detect::NeedMore;
+    }
+    if d[0] == 0 && magic_at(4) {
+        return Detect::Found(Mode::Smb, 0);
+    }
+    // NetBIOS session request (port 139) before SMB.
+    if d[0] == 0x81 && smb_port {
+        return Detect::Found(Mode::Smb, 0);
+    }
+    // DCE/RPC v5.0 BIND / ALTER_CONTEXT / REQUEST.
+    if d[0] == 5 && d[1] == 0 && matches!(d[2], 0 | 11 | 14) {
+        return Detect::Found(Mode::DceRpc, 0);
+    }
+    if smb_port {
+        // Picked up mid-stream: resynchronise on the next SMB header.
+        for i in 4..d.len() {
+            if magic_at(i) && d[i - 4] == 0 {
+                return Detect::Found(Mode::Smb, i - 4);
+            }
+        }
+        return Detect::NeedMore;
+    }
+    Detect::No
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -800,6 +819,56 @@ mod tests {
     const SAMR: &str = include_str!("testdata/smb/sv_smb2_samr_net_user_enum.hex");
     const SMB311: &str = include_str!("testdata/smb/zeek_smb311_ntlm_administrator.hex");
     const DCERPC: &str = include_str!("testdata/smb/sv_dcerpc_psexec_svcctl.hex");
+
+    /// `rejects` says of a first chunk what a parser fed it finds: the real sessions' first
+    /// client bytes, whole and cut short, other protocols, and chunks that leave a parser
+    /// waiting for more, on the SMB ports and others.
+    #[test]
+    fn rejects_agrees_with_a_parser_on_the_first_bytes() {
+        let mut firsts: Vec<Vec<u8>> = [PSEXEC_ADMIN, PSEXEC_SVCCTL, ATSVC, SAMR, SMB311, DCERPC]
+            .iter()
+            .filter_map(|t| {
+                fixture(t)
+                    .into_iter()
+                    .find(|(d, _)| *d == Direction::Forward)
+            })
+            .map(|(_, b)| b)
+            .collect();
+        let cut: Vec<Vec<u8>> = firsts
+            .iter()
+            .map(|b| b[..b.len().min(9)].to_vec())
+            .collect();
+        firsts.extend(cut);
+        firsts.extend([
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c".to_vec(),
+            b"USER admin\r\n".to_vec(),
+            vec![0u8; 9],
+            vec![0x41; 100],
+            vec![0x41; DETECT_WINDOW + 100],
+            // An SMB header past the start (picked up mid-stream), and none within the window.
+            [vec![0x41; 300], vec![0, 0, 0, 64], SMB2_MAGIC.to_vec()].concat(),
+        ]);
+        assert_eq!(firsts.len(), 19);
+        let mut rejected = 0;
+        for b in &firsts {
+            for port in [445, 139, 135, 49_700, 80] {
+                let mut p = SmbParser::new(port);
+                p.on_data(Direction::Forward, b, &mut Vec::new());
+                let off = !p.active();
+                assert_eq!(SmbParser::rejects(port, b), off, "port {port}: {b:02x?}");
+                rejected += usize::from(off);
+            }
+        }
+        // Both answers occur: HTTP is refused at once, except on the SMB ports, where a parser
+        // waits for a header to resynchronise on, up to the window; the sessions are taken on
+        // any port, and so are nine bytes (too few to tell).
+        assert!(rejected > 0, "{rejected}");
+        let http = &firsts[12];
+        assert!(SmbParser::rejects(80, http) && !SmbParser::rejects(445, http));
+        assert!(!SmbParser::rejects(49_700, &firsts[0]) && !SmbParser::rejects(80, &firsts[15]));
+        assert!(SmbParser::rejects(445, &firsts[17]));
+    }
 
     #[test]
     fn psexec_admin_share_and_service_binary() {
