@@ -1129,14 +1129,7 @@ mod tests {
             } else {
                 format!("u{:02}", (n - 50) / 2)
             };
-            let ev = ProtoEvent::login(
-                AppProto::Telnet,
-                username,
-                Some(b"guess".to_vec()),
-                "telnet",
-                Outcome::Rejected,
-            );
-            ungated(&mut d, &meta, &ev, &mut out);
+            ungated(&mut d, &meta, &rejected(username), &mut out);
         }
         let e = d.episodes.values().next().unwrap();
         assert_eq!(e.tried.len(), 64);
@@ -1168,14 +1161,18 @@ mod tests {
         let a = 0xC612_0000 + (1 + src / 250) * 256 + src % 250;
         meta.initiator.ip = IpAddr::V4(a.into());
         meta.first = Timestamp::from_secs(secs);
-        let ev = ProtoEvent::login(
+        ungated(d, &meta, &rejected(username), out);
+    }
+
+    /// A Telnet login with `username` and the password "guess", rejected.
+    fn rejected(username: String) -> ProtoEvent {
+        ProtoEvent::login(
             AppProto::Telnet,
             username,
             Some(b"guess".to_vec()),
             "telnet",
             Outcome::Rejected,
-        );
-        ungated(d, &meta, &ev, out);
+        )
     }
 
     /// The usernames kept for the alerts' lists are held to one budget over all episodes: past
@@ -1299,13 +1296,7 @@ mod tests {
                 other_traffic(&mut busy, at(68_900), &mut a);
             }
             let (meta, _) = login_in_flow(n as u64);
-            let ev = ProtoEvent::login(
-                AppProto::Telnet,
-                format!("user{n}"),
-                Some(b"guess".to_vec()),
-                "telnet",
-                Outcome::Rejected,
-            );
+            let ev = rejected(format!("user{n}"));
             for (d, out) in [(&mut busy, &mut a), (&mut quiet, &mut b)] {
                 d.on_app(&meta, at(ms), Direction::Forward, &ev, &mut Ungated, out);
             }
