@@ -99,6 +99,7 @@ impl Stats {
                 },
                 "device": {
                     "devices": self.devices.devices, "evicted": self.devices.evicted,
+                    "returned": self.devices.returned,
                     "routers": self.devices.routers,
                     "routers_evicted": self.devices.routers_evicted,
                     "windows": self.devices.windows,

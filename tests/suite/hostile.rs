@@ -125,8 +125,26 @@ fn hostile_captures_are_survived_and_counted() {
     // MAC is found to be a router, each source is a device, the table keeps evicting.
     let devices = dir.join("devices.toml");
     std::fs::write(&devices, "[device]\nmax_devices = 1000\n").unwrap();
-    let (st, _) = replay(&dir, "home_flood", &devices);
+    let o = run(&[
+        "replay",
+        "-q",
+        "--workers",
+        "2",
+        "--no-model",
+        "-c",
+        devices.to_str().unwrap(),
+        dir.join("home_flood.pcap").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ev = events(&o.stdout);
+    let st = final_stats(&ev).clone();
     let dev = &st["device"];
+    // A source evicted and seen again gets a new profile, but is not announced again while
+    // the device stage remembers it (16 × 1,000 ids a generation): one `device` event per
+    // profile made, less those made for a device still remembered.
+    let announced = of_type(&ev, "device").len() as u64;
+    assert_eq!(announced, n(&dev["devices"]) - n(&dev["returned"]), "{st}");
+    assert!(n(&dev["returned"]) >= 10_000, "{st}");
     assert_eq!(n(&st["flow"]["total"]), 20_000, "{st}");
     assert_eq!(n(&dev["routers"]), 1, "{st}");
     assert_eq!(n(&dev["routers_evicted"]), 0, "{st}");
