@@ -280,7 +280,7 @@ impl SmbParser {
             let room = DETECT_WINDOW.saturating_sub(self.msg.len()).min(data.len());
             self.msg.extend_from_slice(&data[..room]);
             let rest = &data[room..];
-            match self.detect(&self.msg) {
+            match detect(self.server_port, &self.msg) {
                 Detect::Found(mode, skip) => {
                     self.mode = mode;
                     let mut first = std::mem::take(&mut self.msg);
@@ -324,12 +324,6 @@ impl SmbParser {
             Detect::NeedMore => d.len() >= DETECT_WINDOW,
             Detect::No => true,
         }
-    }
-
-    /// Recognises the protocol from the first client bytes; returns the mode and the bytes to
-    /// skip to reach a message boundary.
-    fn detect(&self, d: &[u8]) -> Detect {
-        detect(self.server_port, d)
     }
 
     /// Splits the stream into messages: a header of `hl` bytes that gives the message length,
@@ -708,7 +702,6 @@ impl SmbParser {
 /// mode and the bytes to skip to reach a message boundary.
 fn detect(server_port: u16, d: &[u8]) -> Detect {
     let smb_port = matches!(server_port, 139 | 445);
-
     let magic_at = |i: usize| {
         d.get(i..i + 4)
             .is_some_and(|m| m == SMB2_MAGIC || m == SMB1_MAGIC || m == SMB3_TRANSFORM)
