@@ -28,8 +28,8 @@ fn generate() -> Option<PathBuf> {
 
 /// Replays one capture with the given config, with two workers whatever the machine (the
 /// flow table and the stream memcap are split over the workers: the counters asserted here
-/// depend on how many there are); returns the final stats and the alerts.
-fn replay(dir: &Path, name: &str, config: &Path) -> (Value, Vec<Value>) {
+/// depend on how many there are); returns every event written.
+fn replay_all(dir: &Path, name: &str, config: &Path) -> Vec<Value> {
     let o = run(&[
         "replay",
         "-q",
@@ -46,7 +46,12 @@ fn replay(dir: &Path, name: &str, config: &Path) -> (Value, Vec<Value>) {
         o.status,
         String::from_utf8_lossy(&o.stderr)
     );
-    let ev = events(&o.stdout);
+    events(&o.stdout)
+}
+
+/// [`replay_all`]'s final stats and alerts.
+fn replay(dir: &Path, name: &str, config: &Path) -> (Value, Vec<Value>) {
+    let ev = replay_all(dir, name, config);
     let alerts = of_type(&ev, "alert").into_iter().cloned().collect();
     (final_stats(&ev).clone(), alerts)
 }
@@ -125,18 +130,7 @@ fn hostile_captures_are_survived_and_counted() {
     // MAC is found to be a router, each source is a device, the table keeps evicting.
     let devices = dir.join("devices.toml");
     std::fs::write(&devices, "[device]\nmax_devices = 1000\n").unwrap();
-    let o = run(&[
-        "replay",
-        "-q",
-        "--workers",
-        "2",
-        "--no-model",
-        "-c",
-        devices.to_str().unwrap(),
-        dir.join("home_flood.pcap").to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ev = events(&o.stdout);
+    let ev = replay_all(&dir, "home_flood", &devices);
     let st = final_stats(&ev).clone();
     let dev = &st["device"];
     // A source evicted and seen again gets a new profile, but is not announced again while
