@@ -166,6 +166,58 @@ impl<K: Copy + Eq + Hash, V: Default, const N: usize> SmallMap<K, V, N> {
     }
 }
 
+/// A set that [`Generations`] can keep.
+pub trait GenerationSet: Default {
+    type Item: Copy;
+    fn contains(&self, x: Self::Item) -> bool;
+    fn insert(&mut self, x: Self::Item);
+    /// Values held.
+    fn size(&self) -> usize;
+}
+
+impl<T: Copy + Eq + Hash> GenerationSet for HashSet<T> {
+    type Item = T;
+    fn contains(&self, x: T) -> bool {
+        HashSet::contains(self, &x)
+    }
+    fn insert(&mut self, x: T) {
+        HashSet::insert(self, x);
+    }
+    fn size(&self) -> usize {
+        HashSet::len(self)
+    }
+}
+
+/// Values remembered in two generations of at most `max` each: when the newer is full it
+/// becomes the older one, and the older one's values are dropped (and counted). What was
+/// used recently is kept, in bounded memory, with no per-value bookkeeping.
+#[derive(Default)]
+pub struct Generations<S> {
+    gens: [S; 2],
+}
+
+impl<S: GenerationSet> Generations<S> {
+    pub fn contains(&self, x: S::Item) -> bool {
+        self.gens.iter().any(|g| g.contains(x))
+    }
+
+    /// Remembers `x` in the newer generation; true when it was remembered before (in either).
+    /// Values dropped to make room are added to `evicted`.
+    pub fn learn(&mut self, x: S::Item, max: usize, evicted: &mut u64) -> bool {
+        if self.gens[0].contains(x) {
+            return true;
+        }
+        let known = self.gens[1].contains(x);
+        if self.gens[0].size() >= max {
+            let old = std::mem::take(&mut self.gens[0]);
+            *evicted += self.gens[1].size() as u64;
+            self.gens[1] = old;
+        }
+        self.gens[0].insert(x);
+        known
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,7 +23,7 @@ use super::rules::{RuleError, RuleSet};
 use super::scan::ScanDetector;
 use super::{Finding, Kind};
 use crate::app::Emitted;
-use crate::fast::{remove_if, HashMap, HashSet};
+use crate::fast::{remove_if, GenerationSet, Generations, HashMap, HashSet};
 use crate::flow::{Endpoint, FlowId, FlowMeta, FlowRecord};
 use crate::proto::smb::SmbEvent;
 use crate::settings::Settings;
@@ -318,6 +318,25 @@ struct PairSet {
     other: HashSet<(IpAddr, IpAddr)>,
 }
 
+impl GenerationSet for PairSet {
+    type Item = (IpAddr, IpAddr);
+    fn contains(&self, (a, b): (IpAddr, IpAddr)) -> bool {
+        match Self::key(a, b) {
+            Ok(k) => self.v4.contains(&k),
+            Err(k) => self.other.contains(&k),
+        }
+    }
+    fn insert(&mut self, (a, b): (IpAddr, IpAddr)) {
+        match Self::key(a, b) {
+            Ok(k) => self.v4.insert(k),
+            Err(k) => self.other.insert(k),
+        };
+    }
+    fn size(&self) -> usize {
+        self.v4.len() + self.other.len()
+    }
+}
+
 impl PairSet {
     fn key(a: IpAddr, b: IpAddr) -> Result<u64, (IpAddr, IpAddr)> {
         match (a, b) {
@@ -327,51 +346,10 @@ impl PairSet {
             _ => Err((a, b)),
         }
     }
-    fn contains(&self, a: IpAddr, b: IpAddr) -> bool {
-        match Self::key(a, b) {
-            Ok(k) => self.v4.contains(&k),
-            Err(k) => self.other.contains(&k),
-        }
-    }
-    fn insert(&mut self, a: IpAddr, b: IpAddr) {
-        match Self::key(a, b) {
-            Ok(k) => self.v4.insert(k),
-            Err(k) => self.other.insert(k),
-        };
-    }
-    fn len(&self) -> usize {
-        self.v4.len() + self.other.len()
-    }
 }
 
-/// Address pairs remembered in two generations of at most `max` pairs each: when the newer is
-/// full it becomes the older one, and the older one's pairs are dropped (and counted).
-#[derive(Default)]
-struct PairMemory {
-    gens: [PairSet; 2],
-}
-
-impl PairMemory {
-    fn contains(&self, a: IpAddr, b: IpAddr) -> bool {
-        self.gens.iter().any(|g| g.contains(a, b))
-    }
-
-    /// Remembers (a, b) in the newer generation; true when it was remembered before (in
-    /// either). Pairs dropped to make room are added to `evicted`.
-    fn learn(&mut self, a: IpAddr, b: IpAddr, max: usize, evicted: &mut u64) -> bool {
-        if self.gens[0].contains(a, b) {
-            return true;
-        }
-        let known = self.gens[1].contains(a, b);
-        if self.gens[0].len() >= max {
-            let old = std::mem::take(&mut self.gens[0]);
-            *evicted += self.gens[1].len() as u64;
-            self.gens[1] = old;
-        }
-        self.gens[0].insert(a, b);
-        known
-    }
-}
+/// Address pairs remembered in two generations of at most `max` pairs each.
+type PairMemory = Generations<PairSet>;
 
 /// The lateral-movement detector.
 pub struct LateralDetector {
@@ -522,7 +500,7 @@ impl LateralDetector {
     fn learn(&mut self, a: IpAddr, b: IpAddr) -> bool {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         self.peers
-            .learn(lo, hi, self.p.max_peers, &mut self.evicted)
+            .learn((lo, hi), self.p.max_peers, &mut self.evicted)
     }
 
     /// Marks a pair as known (seen in a model's training): its sessions are not first contacts.
@@ -532,12 +510,12 @@ impl LateralDetector {
     }
 
     fn had_admin(&self, s: IpAddr, d: IpAddr) -> bool {
-        self.admin_peers.contains(s, d)
+        self.admin_peers.contains((s, d))
     }
 
     fn learn_admin(&mut self, s: IpAddr, d: IpAddr) {
         self.admin_peers
-            .learn(s, d, self.p.max_peers, &mut self.evicted);
+            .learn((s, d), self.p.max_peers, &mut self.evicted);
     }
 
     fn privileged(&self, e: &Evidence) -> bool {
@@ -666,12 +644,12 @@ impl LateralDetector {
         let was_merged = f.merged;
         f.merged = true;
         let ev = taken.get();
-        if !ev.last_share.is_empty() {
-            f.evidence.get_mut().last_share = ev.last_share.clone();
-        }
         let pair = f.pair;
         if last_slice {
             self.flows.remove(&m.id);
+        } else if !ev.last_share.is_empty() {
+            // The flow goes on: its next slice's CREATEs still need the share they are in.
+            f.evidence.get_mut().last_share = ev.last_share.clone();
         }
         let service = self.service(m).map(str::to_string).or_else(|| {
             (!ev.interfaces.is_empty() || ev.dialects.contains("dcerpc")).then(|| "dcerpc".into())
@@ -828,25 +806,25 @@ mod tests {
         let mut evicted = 0;
         let v4 = |n: u8| ip(&format!("198.18.0.{n}"));
         // (a, b) and (b, a) are different pairs; a v6 pair is kept apart from the v4 ones.
-        assert!(!m.learn(v4(1), v4(2), 3, &mut evicted));
-        assert!(m.learn(v4(1), v4(2), 3, &mut evicted));
-        assert!(!m.contains(v4(2), v4(1)));
-        assert!(!m.learn(ip("fd00::1"), ip("fd00::2"), 3, &mut evicted));
-        assert!(m.contains(ip("fd00::1"), ip("fd00::2")));
-        assert!(!m.learn(v4(3), v4(4), 3, &mut evicted));
+        assert!(!m.learn((v4(1), v4(2)), 3, &mut evicted));
+        assert!(m.learn((v4(1), v4(2)), 3, &mut evicted));
+        assert!(!m.contains((v4(2), v4(1))));
+        assert!(!m.learn((ip("fd00::1"), ip("fd00::2")), 3, &mut evicted));
+        assert!(m.contains((ip("fd00::1"), ip("fd00::2"))));
+        assert!(!m.learn((v4(3), v4(4)), 3, &mut evicted));
         // The newer generation is full (3): it becomes the older one.
-        assert!(!m.learn(v4(5), v4(6), 3, &mut evicted));
+        assert!(!m.learn((v4(5), v4(6)), 3, &mut evicted));
         assert_eq!(evicted, 0);
-        assert!(m.contains(v4(1), v4(2)) && m.contains(ip("fd00::1"), ip("fd00::2")));
+        assert!(m.contains((v4(1), v4(2))) && m.contains((ip("fd00::1"), ip("fd00::2"))));
         // Known from the older generation, and moved into the newer one.
-        assert!(m.learn(v4(1), v4(2), 3, &mut evicted));
-        assert!(!m.learn(v4(7), v4(8), 3, &mut evicted));
+        assert!(m.learn((v4(1), v4(2)), 3, &mut evicted));
+        assert!(!m.learn((v4(7), v4(8)), 3, &mut evicted));
         // Full again: the older generation's three pairs are dropped; (1, 2) was moved on.
-        assert!(!m.learn(v4(9), v4(10), 3, &mut evicted));
+        assert!(!m.learn((v4(9), v4(10)), 3, &mut evicted));
         assert_eq!(evicted, 3);
-        assert!(m.contains(v4(1), v4(2)));
-        assert!(!m.contains(v4(3), v4(4)));
-        assert!(!m.contains(ip("fd00::1"), ip("fd00::2")));
+        assert!(m.contains((v4(1), v4(2))));
+        assert!(!m.contains((v4(3), v4(4))));
+        assert!(!m.contains((ip("fd00::1"), ip("fd00::2"))));
     }
 
     fn meta(s: &str, sp: u16, d: &str, dp: u16, t: u64) -> FlowMeta {

@@ -14,7 +14,7 @@ pub mod baseline;
 
 use crate::app::Emitted;
 use crate::decode::{fmt_mac, Mac, MacText, Net};
-use crate::fast::{HashMap, HashSet, SmallSet};
+use crate::fast::{Generations, HashMap, HashSet, SmallSet};
 use crate::flow::{Direction, FlowMeta};
 use crate::proto::{AppProto, ProtoEvent};
 use crate::settings::{DeviceConfig, Settings};
@@ -402,40 +402,18 @@ pub struct Devices {
     scratch: String,
     /// Where the activity of a device beyond a full window goes (see [`Devices::stats`]).
     spill: WindowStats,
-    /// Devices already announced (a `device` event written).
-    announced: Announced,
+    /// Devices already announced (a `device` event written), in two generations of at most
+    /// `ANNOUNCED_PER_DEVICE` × `max_devices` ids each. A device evicted from the full table
+    /// and seen again gets a new profile, but is not announced again while it is remembered:
+    /// under a flood of spoofed home sources, each source was announced again at each return
+    /// (546,607 `device` events for 117,315 sources in 300,000 packets). An id takes some 30
+    /// bytes here, a profile hundreds.
+    announced: Generations<HashSet<DeviceId>>,
     pub counters: DeviceCounters,
 }
 
 /// Generations of announced devices, each of at most this many times `max_devices` ids.
 const ANNOUNCED_PER_DEVICE: usize = 16;
-
-/// The ids of devices already announced, in two generations of at most
-/// `ANNOUNCED_PER_DEVICE` × `max_devices` each (when the newer is full it becomes the older
-/// one, and the older one's ids are forgotten). A device evicted from the full table and seen
-/// again gets a new profile, but is not announced again while it is remembered: under a flood
-/// of spoofed home sources, each source was announced again at each return (546,607 `device`
-/// events for 117,315 sources in 300,000 packets). An id takes some 30 bytes here, a profile
-/// hundreds.
-#[derive(Default)]
-struct Announced {
-    gens: [HashSet<DeviceId>; 2],
-}
-
-impl Announced {
-    /// Remembers `id`; true when it was remembered before.
-    fn learn(&mut self, id: DeviceId, max: usize) -> bool {
-        if self.gens[0].contains(&id) {
-            return true;
-        }
-        let known = self.gens[1].contains(&id);
-        if self.gens[0].len() >= max {
-            self.gens[1] = std::mem::take(&mut self.gens[0]);
-        }
-        self.gens[0].insert(id);
-        known
-    }
-}
 
 impl Devices {
     pub fn new(settings: &Settings) -> Self {
@@ -451,7 +429,7 @@ impl Devices {
             home_cache: Box::new([(None, false); HOME_CACHE]),
             scratch: String::new(),
             spill: WindowStats::default(),
-            announced: Announced::default(),
+            announced: Generations::default(),
             counters: DeviceCounters::default(),
         }
     }
@@ -579,7 +557,8 @@ impl Devices {
                 self.counters.devices += 1;
                 p.ips.insert(ip, 16);
                 let max = self.cfg.max_devices.saturating_mul(ANNOUNCED_PER_DEVICE);
-                if self.announced.learn(id, max.max(1)) {
+                // Ids forgotten to make room are not counted: they are only announced again.
+                if self.announced.learn(id, max.max(1), &mut 0) {
                     self.counters.returned += 1;
                 } else {
                     out.push(DeviceOutput::New(Box::new(p.clone())));
