@@ -270,7 +270,7 @@ pub struct ProtocolDetector {
     default_lists: Vec<String>,
     brute: BruteParams,
     episodes: HashMap<EpisodeKey, Episode>,
-    ssh: HashMap<(IpAddr, IpAddr, u16), SshEpisode>,
+    ssh: HashMap<EpisodeKey, SshEpisode>,
     acl: Option<Acl>,
     flows: HashMap<FlowId, FlowFacts>,
     last_sweep: Timestamp,

@@ -280,7 +280,7 @@ impl SmbParser {
             let room = DETECT_WINDOW.saturating_sub(self.msg.len()).min(data.len());
             self.msg.extend_from_slice(&data[..room]);
             let rest = &data[room..];
-            match detect(self.server_port, &self.msg) {
+            match first_bytes(self.server_port, &self.msg) {
                 Detect::Found(mode, skip) => {
                     self.mode = mode;
                     let mut first = std::mem::take(&mut self.msg);
@@ -288,8 +288,8 @@ impl SmbParser {
                     self.feed(&first, out);
                     self.feed(rest, out);
                 }
-                Detect::NeedMore if self.msg.len() < DETECT_WINDOW => {}
-                Detect::NeedMore | Detect::No => {
+                Detect::NeedMore => {}
+                Detect::No => {
                     self.mode = Mode::Off;
                     self.msg = Vec::new();
                 }
@@ -319,11 +319,7 @@ impl SmbParser {
     /// making one (most flows are neither, and a parser gathers the first bytes in a buffer).
     pub fn rejects(server_port: u16, first: &[u8]) -> bool {
         let d = &first[..first.len().min(DETECT_WINDOW)];
-        match detect(server_port, d) {
-            Detect::Found(..) => false,
-            Detect::NeedMore => d.len() >= DETECT_WINDOW,
-            Detect::No => true,
-        }
+        matches!(first_bytes(server_port, d), Detect::No)
     }
 
     /// Splits the stream into messages: a header of `hl` bytes that gives the message length,
@@ -695,6 +691,15 @@ impl SmbParser {
             }
             d = &d[frag..];
         }
+    }
+}
+
+/// What the first client bytes `d` (at most `DETECT_WINDOW` of them) of a flow to
+/// `server_port` tell: [`detect`], except that a full window still undecided is neither.
+fn first_bytes(server_port: u16, d: &[u8]) -> Detect {
+    match detect(server_port, d) {
+        Detect::NeedMore if d.len() >= DETECT_WINDOW => Detect::No,
+        v => v,
     }
 }
 
