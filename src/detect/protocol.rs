@@ -121,7 +121,7 @@ struct AclFile {
     #[serde(default)]
     wildcard_subscribers: Vec<String>,
     #[serde(default)]
-    device: Vec<AclEntry>,
+    device: Vec<toml::Spanned<AclEntry>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -162,8 +162,111 @@ impl Who {
 
 struct Acl {
     wildcard: Vec<Who>,
-    devices: Vec<(Who, Vec<String>, Vec<String>)>,
+    devices: AclDevices,
     origin: String,
+}
+
+/// A device entry of the topic policy: who, the filters it may publish to, and those it may
+/// subscribe to.
+type AclDevice = (Who, Vec<String>, Vec<String>);
+
+/// The topic policy's device entries, looked up at every MQTT publish and subscribe: the first
+/// entry (in file order) that matches the client, as a scan of the entries finds it, but
+/// through maps (a look per network prefix length and per client-id prefix length in the
+/// policy), so a policy of thousands of devices costs a publish about what a policy of five
+/// does.
+struct AclDevices {
+    entries: Vec<AclDevice>,
+    /// Per network prefix length (32 or 128 for a single address): the first entry of each
+    /// network, by its address cut to the prefix. IPv4 and IPv6 networks of one length share a
+    /// map: their keys differ.
+    nets: ByLength<IpAddr>,
+    /// The first entry of each exact client id.
+    clients: HashMap<String, usize>,
+    /// Per length of the client-id prefixes (`dev-*` is 4): the first entry of each prefix.
+    prefixes: ByLength<Box<[u8]>>,
+}
+
+/// The first entry of each key, in one map per key length.
+struct ByLength<K>(Vec<(usize, HashMap<K, usize>)>);
+
+impl<K: std::hash::Hash + Eq> ByLength<K> {
+    fn new() -> Self {
+        ByLength(Vec::new())
+    }
+
+    /// Entry `i` has `key`, of length `len`; an earlier entry with the same key stays first.
+    fn add(&mut self, len: usize, key: K, i: usize) {
+        let at = match self.0.iter().position(|(l, _)| *l == len) {
+            Some(at) => at,
+            None => {
+                self.0.push((len, HashMap::default()));
+                self.0.len() - 1
+            }
+        };
+        if let Some((_, m)) = self.0.get_mut(at) {
+            m.entry(key).or_insert(i);
+        }
+    }
+}
+
+/// `ip` cut to its first `len` bits (the bits an entry's network compares).
+fn cut(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+impl AclDevices {
+    fn new(entries: Vec<AclDevice>) -> AclDevices {
+        let mut nets = ByLength::new();
+        let mut clients = HashMap::default();
+        let mut prefixes = ByLength::new();
+        for (i, (who, _, _)) in entries.iter().enumerate() {
+            match who {
+                Who::Net(n) => {
+                    let len = n.prefix_len();
+                    nets.add(len.into(), cut(n.addr(), len), i);
+                }
+                Who::Client(c) => match c.strip_suffix('*') {
+                    None => {
+                        clients.entry(c.clone()).or_insert(i);
+                    }
+                    Some(p) => prefixes.add(p.len(), p.as_bytes().into(), i),
+                },
+            }
+        }
+        AclDevices {
+            entries,
+            nets,
+            clients,
+            prefixes,
+        }
+    }
+
+    /// The first entry that matches `ip` or `client`.
+    fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&AclDevice> {
+        let nets = (self.nets.0.iter())
+            .filter_map(|(len, m)| m.get(&cut(ip, u8::try_from(*len).unwrap_or(u8::MAX))));
+        let exact = client.and_then(|c| self.clients.get(c));
+        let prefixes = client.into_iter().flat_map(|c| {
+            (self.prefixes.0.iter())
+                .filter_map(move |(len, m)| c.as_bytes().get(..*len).and_then(|p| m.get(p)))
+        });
+        let first = nets.chain(exact).chain(prefixes).min()?;
+        self.entries.get(*first)
+    }
 }
 
 /// MQTT topic filter matching (`+` one level, `#` the rest).
@@ -197,8 +300,8 @@ fn filter_covered(allowed: &str, requested: &str) -> bool {
 }
 
 impl Acl {
-    fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&(Who, Vec<String>, Vec<String>)> {
-        self.devices.iter().find(|(w, _, _)| w.matches(ip, client))
+    fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&AclDevice> {
+        self.devices.entry(ip, client)
     }
 }
 
@@ -360,18 +463,20 @@ impl ProtocolDetector {
             let (name, text) = rule_file(rules, &p.policy, &[EMBEDDED_ACL], r)?;
             let f: AclFile = toml::from_str(&text).map_err(|e| RuleError {
                 file: name.clone(),
-                line: e.span().map_or(0, |s| {
-                    text[..s.start.min(text.len())].lines().count().max(1)
-                }),
+                line: e
+                    .span()
+                    .map_or(0, |s| crate::settings::line_of(&text, s.start)),
                 reason: e.message().to_string(),
             })?;
             let mut devices = Vec::new();
             for e in f.device {
+                let line = crate::settings::line_of(&text, e.span().start);
+                let e = e.into_inner();
                 let who = match (&e.ip, &e.client_id) {
                     (Some(ip), None) => {
                         Who::Net(crate::settings::parse_cidr(ip).map_err(|reason| RuleError {
                             file: name.clone(),
-                            line: 0,
+                            line,
                             reason,
                         })?)
                     }
@@ -379,7 +484,7 @@ impl ProtocolDetector {
                     _ => {
                         return Err(RuleError {
                             file: name.clone(),
-                            line: 0,
+                            line,
                             reason: "each [[device]] needs exactly one of ip or client_id".into(),
                         })
                     }
@@ -392,7 +497,7 @@ impl ProtocolDetector {
                     .iter()
                     .map(|s| Who::parse(s))
                     .collect(),
-                devices,
+                devices: AclDevices::new(devices),
                 origin: name,
             });
         }
@@ -1022,6 +1127,65 @@ mod tests {
         assert!(!topic_matches("#", "$SYS/broker"));
         assert!(filter_covered("site/a/#", "site/a/+/x"));
         assert!(!filter_covered("site/a/+", "site/a/#"));
+    }
+
+    /// The topic policy's lookup finds, for any address and client id, the entry that a scan
+    /// of the entries in file order finds: single addresses and exact client ids through maps,
+    /// networks and client-id prefixes in order, whichever comes first in the file.
+    #[test]
+    fn acl_lookups_find_the_entry_a_scan_in_file_order_finds() {
+        // A small generator (xorshift), so the same entries and queries every run.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let ip = |n: u64| -> IpAddr {
+            if n.is_multiple_of(5) {
+                format!("fd00::{:x}", n % 40).parse().unwrap()
+            } else {
+                format!("198.18.{}.{}", n % 4, n % 40).parse().unwrap()
+            }
+        };
+        let client = |n: u64| format!("dev-{}", n % 30);
+        for round in 0..200 {
+            let mut entries = Vec::new();
+            for i in 0..(1 + next(40)) {
+                let who = match next(6) {
+                    0 | 1 => Who::Net(ip(next(200)).into()),
+                    2 => Who::Net(
+                        format!("198.18.{}.0/{}", next(4), 24 + next(9))
+                            .parse()
+                            .unwrap(),
+                    ),
+                    3 => Who::Net("fd00::/120".parse().unwrap()),
+                    4 => Who::Client(client(next(200))),
+                    _ => Who::Client(
+                        ["*", "d*", "dev-*", "dev-1*", "dev-2*"][next(5) as usize].to_string(),
+                    ),
+                };
+                entries.push((who, vec![format!("t/{i}")], Vec::new()));
+            }
+            let mut scan = Vec::new();
+            for _ in 0..100 {
+                let a = ip(next(200));
+                let c = (next(3) > 0).then(|| client(next(200)));
+                let first = entries
+                    .iter()
+                    .find(|(w, _, _)| w.matches(a, c.as_deref()))
+                    .map_or_else(Vec::new, |(_, p, _)| p.clone());
+                scan.push((first, a, c));
+            }
+            let acl = AclDevices::new(entries);
+            for (want, a, c) in scan {
+                let got = acl
+                    .entry(a, c.as_deref())
+                    .map_or_else(Vec::new, |e| e.1.clone());
+                assert_eq!(got, want, "round {round}: {a} {c:?}");
+            }
+        }
     }
 
     /// Mirai's root/xc3511 on Telnet, the same client and server each time, in flow `n`.

@@ -131,6 +131,47 @@ fn check_validates_config_and_rules_with_locations() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// Copies a directory tree (the shipped rules, to edit one file of a copy).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn check_points_at_a_bad_topic_policy_entry() {
+    let dir = std::env::temp_dir().join(format!("tapwatch-acl-{}", std::process::id()));
+    let rules = dir.join("rules");
+    copy_tree(std::path::Path::new("rules"), &rules);
+    let policy = rules.join("policy/mqtt-topics.toml");
+    let good = "[[device]]\nip = \"198.18.1.21\"\npublish = [\"site/temp/#\"]\n\n";
+    for (bad, reason) in [
+        (
+            "[[device]]\nip = \"198.18.1.22\"\nclient_id = \"x\"\n",
+            "exactly one of ip or client_id",
+        ),
+        ("[[device]]\nip = \"198.18.1.999\"\n", "198.18.1.999"),
+    ] {
+        std::fs::write(&policy, format!("{good}{bad}")).unwrap();
+        let o = run(&["check", "--rules", rules.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2));
+        let e = stderr(&o);
+        // The second entry starts on line 5.
+        assert!(
+            e.contains("mqtt-topics.toml:5:") && e.contains(reason),
+            "{e}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn output_to_a_file_and_a_closed_pipe() {
     let dir = std::env::temp_dir().join(format!("tapwatch-out-{}", std::process::id()));
