@@ -265,7 +265,7 @@ pub struct Settings {
     /// Networks considered internal. Default [`DEFAULT_HOME_NET`].
     pub home_net: Vec<IpNet>,
     /// Named zones (name, networks), in name order.
-    pub zones: Vec<(String, Vec<IpNet>)>,
+    pub zones: Zones,
     pub flow: FlowConfig,
     pub alert: AlertConfig,
     pub device: DeviceConfig,
@@ -284,7 +284,7 @@ impl Default for Settings {
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect(),
-            zones: Vec::new(),
+            zones: Zones::default(),
             flow: FlowConfig::default(),
             alert: AlertConfig {
                 default_suppress_secs: 600,
@@ -352,12 +352,12 @@ impl Settings {
             st.home_net = nets(h)?;
         }
         for (name, v) in &raw.zones {
-            st.zones.push((name.clone(), nets(v)?));
+            st.zones.push(name.clone(), nets(v)?);
         }
         for seg in &raw.segmentation {
             let zone_ok = |z: &Spanned<String>| -> Result<String, ConfigError> {
                 let name = z.get_ref();
-                if name == "*" || st.zones.iter().any(|(n, _)| n == name) {
+                if name == "*" || st.zones.contains(name) {
                     Ok(name.clone())
                 } else {
                     Err(ConfigError {
@@ -486,12 +486,103 @@ impl Settings {
 
     /// Name of the most specific zone holding `ip` (longest prefix), if any.
     pub fn zone_of(&self, ip: IpAddr) -> Option<&str> {
-        self.zones
-            .iter()
-            .flat_map(|(name, nets)| nets.iter().map(move |n| (name, n)))
-            .filter(|(_, n)| n.contains(&ip))
-            .max_by_key(|(_, n)| n.prefix_len())
-            .map(|(name, _)| name.as_str())
+        self.zones.of(ip)
+    }
+}
+
+/// The named zones, and the zone of each of their networks found by longest prefix (a look
+/// per prefix length in use: the policy is asked at every flow start, of both ends).
+#[derive(Clone, Debug, Default)]
+pub struct Zones {
+    /// (name, networks), in the order added (name order from the config file).
+    list: Vec<(String, Vec<IpNet>)>,
+    /// Each network's zone (an index of `list`): of a network listed twice, the last.
+    nets: NetMap<usize>,
+}
+
+impl Zones {
+    pub fn push(&mut self, name: String, nets: Vec<IpNet>) {
+        let i = self.list.len();
+        for n in &nets {
+            *self.nets.get_or_insert_with(n, || i) = i;
+        }
+        self.list.push((name, nets));
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.list.iter().any(|(n, _)| n == name)
+    }
+
+    /// The name of the zone with the longest network holding `ip`.
+    pub fn of(&self, ip: IpAddr) -> Option<&str> {
+        let i = *self.nets.matches(ip).next()?;
+        self.list.get(i).map(|(name, _)| name.as_str())
+    }
+}
+
+/// Values by network, found for an address through one map per prefix length in use: a look
+/// per length, however many networks share it, where a list of networks is a test per network.
+#[derive(Clone, Debug)]
+pub struct NetMap<V> {
+    /// (prefix length, network address cut to that length -> value), longest first. IPv4 and
+    /// IPv6 networks of one length share a map: their keys differ.
+    lens: Vec<(u8, crate::fast::HashMap<IpAddr, V>)>,
+}
+
+impl<V> Default for NetMap<V> {
+    fn default() -> Self {
+        NetMap { lens: Vec::new() }
+    }
+}
+
+impl<V> NetMap<V> {
+    /// The value of network `net`, made by `make` if it has none yet.
+    pub fn get_or_insert_with(&mut self, net: &IpNet, make: impl FnOnce() -> V) -> &mut V {
+        let len = net.prefix_len();
+        let at = match self.lens.iter().position(|(l, _)| *l <= len) {
+            Some(at) if self.lens.get(at).is_some_and(|(l, _)| *l == len) => at,
+            Some(at) => {
+                self.lens.insert(at, (len, Default::default()));
+                at
+            }
+            None => {
+                self.lens.push((len, Default::default()));
+                self.lens.len() - 1
+            }
+        };
+        let (_, map) = &mut self.lens[at];
+        map.entry(cut(net.addr(), len)).or_insert_with(make)
+    }
+
+    /// The values of the networks holding `ip`, longest prefix first.
+    pub fn matches(&self, ip: IpAddr) -> impl Iterator<Item = &V> {
+        (self.lens.iter()).filter_map(move |(len, map)| map.get(&cut(ip, *len)))
+    }
+}
+
+/// `ip` cut to its first `len` bits: a network's address as its prefix compares it.
+pub fn cut(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
     }
 }
 
@@ -604,6 +695,55 @@ mod tests {
         assert!(in_nets(&home, "169.254.3.4".parse().unwrap()));
         assert!(!in_nets(&home, "203.0.113.7".parse().unwrap()));
         assert!(!in_nets(&[], "10.0.0.1".parse().unwrap()));
+    }
+
+    /// A zone is found through one map per prefix length, as the scan of every zone's networks
+    /// for the longest one holding the address finds it (of a network in two zones, the later).
+    #[test]
+    fn zones_resolve_as_a_longest_prefix_scan_does() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for round in 0..200 {
+            let mut zones = Zones::default();
+            let mut list: Vec<(String, Vec<IpNet>)> = Vec::new();
+            for z in 0..(1 + next(12)) {
+                let nets: Vec<IpNet> = (0..(1 + next(3)))
+                    .map(|_| {
+                        let len = [8, 15, 16, 24, 25, 30, 32][next(7) as usize];
+                        if next(4) == 0 {
+                            format!("fd00::{:x}/{}", next(16), 112 + next(17))
+                        } else {
+                            format!("198.{}.{}.{}/{len}", 18 + next(2), next(4), next(64))
+                        }
+                        .parse()
+                        .unwrap()
+                    })
+                    .collect();
+                zones.push(format!("z{z}"), nets.clone());
+                list.push((format!("z{z}"), nets));
+            }
+            for _ in 0..100 {
+                let ip: IpAddr = if next(4) == 0 {
+                    format!("fd00::{:x}", next(16)).parse().unwrap()
+                } else {
+                    format!("198.{}.{}.{}", 18 + next(2), next(4), next(64))
+                        .parse()
+                        .unwrap()
+                };
+                let scan = list
+                    .iter()
+                    .flat_map(|(name, nets)| nets.iter().map(move |n| (name, n)))
+                    .filter(|(_, n)| n.contains(&ip))
+                    .max_by_key(|(_, n)| n.prefix_len())
+                    .map(|(name, _)| name.as_str());
+                assert_eq!(zones.of(ip), scan, "round {round}: {ip} in {list:?}");
+            }
+        }
     }
 
     #[test]

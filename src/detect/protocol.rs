@@ -177,10 +177,8 @@ type AclDevice = (Who, Vec<String>, Vec<String>);
 /// does.
 struct AclDevices {
     entries: Vec<AclDevice>,
-    /// Per network prefix length (32 or 128 for a single address): the first entry of each
-    /// network, by its address cut to the prefix. IPv4 and IPv6 networks of one length share a
-    /// map: their keys differ.
-    nets: ByLength<IpAddr>,
+    /// The first entry of each network (a single address is a /32 or /128).
+    nets: crate::settings::NetMap<usize>,
     /// The first entry of each exact client id.
     clients: HashMap<String, usize>,
     /// Per length of the client-id prefixes (`dev-*` is 4): the first entry of each prefix.
@@ -210,34 +208,15 @@ impl<K: std::hash::Hash + Eq> ByLength<K> {
     }
 }
 
-/// `ip` cut to its first `len` bits (the bits an entry's network compares).
-fn cut(ip: IpAddr, len: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(len.min(32)))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(len.min(128)))
-                .unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    }
-}
-
 impl AclDevices {
     fn new(entries: Vec<AclDevice>) -> AclDevices {
-        let mut nets = ByLength::new();
+        let mut nets = crate::settings::NetMap::default();
         let mut clients = HashMap::default();
         let mut prefixes = ByLength::new();
         for (i, (who, _, _)) in entries.iter().enumerate() {
             match who {
                 Who::Net(n) => {
-                    let len = n.prefix_len();
-                    nets.add(len.into(), cut(n.addr(), len), i);
+                    nets.get_or_insert_with(n, || i);
                 }
                 Who::Client(c) => match c.strip_suffix('*') {
                     None => {
@@ -257,8 +236,7 @@ impl AclDevices {
 
     /// The first entry that matches `ip` or `client`.
     fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&AclDevice> {
-        let nets = (self.nets.0.iter())
-            .filter_map(|(len, m)| m.get(&cut(ip, u8::try_from(*len).unwrap_or(u8::MAX))));
+        let nets = self.nets.matches(ip);
         let exact = client.and_then(|c| self.clients.get(c));
         let prefixes = client.into_iter().flat_map(|c| {
             (self.prefixes.0.iter())
