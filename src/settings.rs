@@ -701,13 +701,7 @@ mod tests {
     /// for the longest one holding the address finds it (of a network in two zones, the later).
     #[test]
     fn zones_resolve_as_a_longest_prefix_scan_does() {
-        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::fast::xorshift(0x2545_F491_4F6C_DD1D);
         for round in 0..200 {
             let mut zones = Zones::default();
             let mut list: Vec<(String, Vec<IpNet>)> = Vec::new();

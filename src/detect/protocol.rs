@@ -1108,18 +1108,11 @@ mod tests {
     }
 
     /// The topic policy's lookup finds, for any address and client id, the entry that a scan
-    /// of the entries in file order finds: single addresses and exact client ids through maps,
-    /// networks and client-id prefixes in order, whichever comes first in the file.
+    /// of the entries in file order finds: networks (of any length), exact client ids and
+    /// client-id prefixes through maps, whichever comes first in the file.
     #[test]
     fn acl_lookups_find_the_entry_a_scan_in_file_order_finds() {
-        // A small generator (xorshift), so the same entries and queries every run.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut next = move |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::fast::xorshift(0x9E37_79B9_7F4A_7C15);
         let ip = |n: u64| -> IpAddr {
             if n.is_multiple_of(5) {
                 format!("fd00::{:x}", n % 40).parse().unwrap()
