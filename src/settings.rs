@@ -569,7 +569,7 @@ impl<V> NetMap<V> {
 }
 
 /// `ip` cut to its first `len` bits: a network's address as its prefix compares it.
-pub fn cut(ip: IpAddr, len: u8) -> IpAddr {
+fn cut(ip: IpAddr, len: u8) -> IpAddr {
     match ip {
         IpAddr::V4(a) => {
             let mask = u32::MAX
