@@ -11,6 +11,7 @@ use tapwatch::app::{Emitted, OutputOptions, ReplayOptions, Worker};
 use tapwatch::capture::file::{CaptureFile, Next};
 use tapwatch::decode::{self, Decoded, Decoder};
 use tapwatch::detect::learned::Model;
+use tapwatch::detect::rules::RuleSet;
 use tapwatch::detect::{Detectors, Ungated};
 use tapwatch::flow::{
     Direction, FlowConfig, FlowEvent, FlowMeta, FlowTable, NoPayload, StreamHandler,
@@ -83,7 +84,7 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_function("decode+flow+proto+detect", |b| {
             let settings = Settings::default();
-            let rules = tapwatch::detect::rules::RuleSet::embedded().expect("rules");
+            let rules = RuleSet::embedded().expect("rules");
             b.iter(|| {
                 let mut w = Worker::new(&settings);
                 let mut det = Detectors::new(&settings, &rules).expect("detectors");
@@ -213,18 +214,39 @@ fn recorded_events(
     out
 }
 
+/// A large site policy from `benches/make-policy` (2,505 MQTT topic policy entries, 302 zones
+/// under an allow-all segmentation policy), written into `dir`: None if it cannot be made
+/// (no python3).
+fn large_policy(dir: &Path) -> Option<(Settings, RuleSet)> {
+    let _ = std::fs::remove_dir_all(dir);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/make-policy");
+    let made = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .ok()?;
+    if !made.status.success() {
+        return None;
+    }
+    let settings = Settings::from_file(&dir.join("tapwatch.toml")).ok()?;
+    let rules = RuleSet::load_dir(&dir.join("rules")).ok()?;
+    Some((settings, rules))
+}
+
 fn detectors_and_model(c: &mut Criterion) {
     let settings = Settings::default();
-    let rules = tapwatch::detect::rules::RuleSet::embedded().expect("rules");
+    let rules = RuleSet::embedded().expect("rules");
     // The worker's events for the lab attack capture, recorded once.
     let fr = frames("lab/attack.pcap");
     let mut g = c.benchmark_group("attack.pcap");
     g.throughput(Throughput::Elements(fr.len() as u64));
-    g.bench_function("detectors (rules) on recorded events", |b| {
+    let detect = |b: &mut criterion::Bencher, settings: &Settings, rules: &RuleSet| {
         b.iter_batched(
-            || recorded_events(&settings, &fr),
-            |events| {
-                let mut det = Detectors::new(&settings, &rules).expect("detectors");
+            || {
+                let det = Detectors::new(settings, rules).expect("detectors");
+                (recorded_events(settings, &fr), det)
+            },
+            |(events, mut det)| {
                 let mut findings = Vec::new();
                 for e in &events {
                     det.on_event(e, &mut Ungated, &mut findings);
@@ -234,7 +256,23 @@ fn detectors_and_model(c: &mut Criterion) {
             },
             criterion::BatchSize::LargeInput,
         )
+    };
+    g.bench_function("detectors (rules) on recorded events", |b| {
+        detect(b, &settings, &rules)
     });
+    // The same with a large site policy: its topic policy and zones are found through maps,
+    // so it should cost about what the shipped one does.
+    let dir = std::env::temp_dir().join(format!("tapwatch-bench-policy-{}", std::process::id()));
+    match large_policy(&dir) {
+        Some((big_settings, big_rules)) => {
+            g.bench_function(
+                "detectors (rules) on recorded events, large site policy",
+                |b| detect(b, &big_settings, &big_rules),
+            );
+        }
+        None => eprintln!("benches: benches/make-policy failed (python3?); large policy skipped"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     g.bench_function("end to end (replay, output discarded)", |b| {
         let opts = ReplayOptions {
             inputs: vec![pcap_path("lab/attack.pcap")],

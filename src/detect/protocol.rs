@@ -448,23 +448,22 @@ impl ProtocolDetector {
             })?;
             let mut devices = Vec::new();
             for e in f.device {
-                let line = crate::settings::line_of(&text, e.span().start);
+                // The entry's line, worked out only for an error (counting lines for every
+                // entry would cost a policy of thousands of entries its length squared).
+                let at = e.span().start;
+                let error = |reason: String| RuleError {
+                    file: name.clone(),
+                    line: crate::settings::line_of(&text, at),
+                    reason,
+                };
                 let e = e.into_inner();
                 let who = match (&e.ip, &e.client_id) {
-                    (Some(ip), None) => {
-                        Who::Net(crate::settings::parse_cidr(ip).map_err(|reason| RuleError {
-                            file: name.clone(),
-                            line,
-                            reason,
-                        })?)
-                    }
+                    (Some(ip), None) => Who::Net(crate::settings::parse_cidr(ip).map_err(error)?),
                     (None, Some(c)) => Who::Client(c.clone()),
                     _ => {
-                        return Err(RuleError {
-                            file: name.clone(),
-                            line,
-                            reason: "each [[device]] needs exactly one of ip or client_id".into(),
-                        })
+                        return Err(error(
+                            "each [[device]] needs exactly one of ip or client_id".into(),
+                        ))
                     }
                 };
                 devices.push((who, e.publish, e.subscribe));
