@@ -299,8 +299,39 @@ impl Default for Settings {
 
 /// The line (from 1) of byte `offset` of `text`.
 pub(crate) fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset.min(text.len()))
-        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
+    Lines::new(text).line_of(offset)
+}
+
+/// Lines of the entries of one file, asked in file order: each count goes on from the last
+/// one, so a file of thousands of entries is read once, not once per entry.
+pub(crate) struct Lines<'a> {
+    text: &'a str,
+    /// The byte offset counted up to, and its line.
+    at: usize,
+    line: usize,
+}
+
+impl<'a> Lines<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Lines {
+            text,
+            at: 0,
+            line: 1,
+        }
+    }
+
+    /// The line (from 1) of byte `offset`.
+    pub(crate) fn line_of(&mut self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        if offset < self.at {
+            *self = Lines::new(self.text);
+        }
+        let newlines = (self.text.as_bytes().get(self.at..offset))
+            .map_or(0, |t| t.iter().filter(|&&b| b == b'\n').count());
+        self.line += newlines;
+        self.at = offset;
+        self.line
+    }
 }
 
 /// Parses a comma-separated list of CIDRs (or bare addresses).
@@ -695,6 +726,25 @@ mod tests {
         assert!(in_nets(&home, "169.254.3.4".parse().unwrap()));
         assert!(!in_nets(&home, "203.0.113.7".parse().unwrap()));
         assert!(!in_nets(&[], "10.0.0.1".parse().unwrap()));
+    }
+
+    /// Lines counted on from the last offset asked, in any order, are the lines counted from
+    /// the top.
+    #[test]
+    fn lines_counted_on_are_lines_counted_from_the_top() {
+        let text = "a = 1\n\n[[x]]\nb = \"é\"\n[[x]]\nc = 3";
+        let from_top = |o: usize| {
+            text.as_bytes()[..o.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        };
+        let mut lines = Lines::new(text);
+        for o in [0, 5, 6, 7, 14, 14, 30, 3, 22, 100, 0] {
+            assert_eq!(lines.line_of(o), from_top(o), "offset {o}");
+            assert_eq!(line_of(text, o), from_top(o), "offset {o}");
+        }
     }
 
     /// A zone is found through one map per prefix length, as the scan of every zone's networks

@@ -6,6 +6,7 @@
 //! line and the reason.
 
 use super::Kind;
+use crate::settings::{line_of, Lines};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -130,11 +131,6 @@ pub struct RuleSet {
     pub dir: Option<PathBuf>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset.min(text.len()))
-        .map_or(1, |t| t.bytes().filter(|&b| b == b'\n').count() + 1)
-}
-
 impl RuleSet {
     /// Loads every `*.toml` file of `dir`, in name order.
     pub fn load_dir(dir: &Path) -> Result<RuleSet, RuleError> {
@@ -186,8 +182,9 @@ impl RuleSet {
                 line: e.span().map_or(0, |s| line_of(text, s.start)),
                 reason: e.message().to_string(),
             })?;
+            let mut lines = Lines::new(text);
             for r in raw.rule {
-                let line = line_of(text, r.span().start);
+                let line = lines.line_of(r.span().start);
                 let r = r.into_inner();
                 let at = |span: std::ops::Range<usize>, reason: String| RuleError {
                     file: file.into(),
