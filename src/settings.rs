@@ -275,7 +275,15 @@ pub struct Settings {
     /// Zone segmentation policy; empty = no policy. Connections between two different zones
     /// are allowed only when an entry allows them; traffic inside one zone is not checked.
     pub segmentation: Vec<SegmentationRule>,
+    /// The segmentation rules (indices of `segmentation`) by (from, to) zone index, `ANY_ZONE`
+    /// for `"*"`: a flow between two zones asks four pairs, not every rule.
+    segmentation_pairs: crate::fast::HashMap<(usize, usize), Vec<usize>>,
 }
+
+/// `"*"` in [`Settings::segmentation_pairs`].
+const ANY_ZONE: usize = usize::MAX;
+/// A zone name that no zone has: only `"*"` rules apply to it.
+const NO_ZONE: usize = usize::MAX - 1;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -293,6 +301,7 @@ impl Default for Settings {
             stats_interval_secs: 60,
             device: DeviceConfig::default(),
             segmentation: Vec::new(),
+            segmentation_pairs: Default::default(),
         }
     }
 }
@@ -385,6 +394,7 @@ impl Settings {
         for (name, v) in &raw.zones {
             st.zones.push(name.clone(), nets(v)?);
         }
+        let mut seg_lines = Lines::new(text);
         for seg in &raw.segmentation {
             let zone_ok = |z: &Spanned<String>| -> Result<String, ConfigError> {
                 let name = z.get_ref();
@@ -412,12 +422,16 @@ impl Settings {
                     })?,
                 );
             }
+            let zone = |z: &str| st.zones.position(z).unwrap_or(ANY_ZONE);
+            let pair = (zone(&from), zone(&to));
+            let i = st.segmentation.len();
+            st.segmentation_pairs.entry(pair).or_default().push(i);
             st.segmentation.push(SegmentationRule {
                 from,
                 to,
                 allow,
                 allow_text: seg.allow.iter().map(|a| a.get_ref().clone()).collect(),
-                line: line_of(text, seg.from.span().start),
+                line: seg_lines.line_of(seg.from.span().start),
             });
         }
         let f = &raw.flow;
@@ -498,12 +512,28 @@ impl Settings {
     /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
     /// (always within one zone).
     pub fn segmentation_allows(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
-        from == to
-            || self.segmentation.iter().any(|r| {
-                (r.from == "*" || r.from == from)
-                    && (r.to == "*" || r.to == to)
-                    && r.allow.iter().any(|a| a.matches(proto, port))
-            })
+        let zone = |z: &str| self.zones.position(z).unwrap_or(NO_ZONE);
+        from == to || self.rules_allow(zone(from), zone(to), proto, port)
+    }
+
+    /// [`Settings::segmentation_allows`] for zones by index ([`Zones::index_of`]).
+    pub fn zones_allow(&self, from: usize, to: usize, proto: u8, port: u16) -> bool {
+        from == to || self.rules_allow(from, to, proto, port)
+    }
+
+    /// A rule from zone `from` (or any) to zone `to` (or any) allows `proto`/`port`.
+    fn rules_allow(&self, from: usize, to: usize, proto: u8, port: u16) -> bool {
+        let keys = [
+            (from, to),
+            (from, ANY_ZONE),
+            (ANY_ZONE, to),
+            (ANY_ZONE, ANY_ZONE),
+        ];
+        keys.iter()
+            .filter_map(|k| self.segmentation_pairs.get(k))
+            .flatten()
+            .filter_map(|&i| self.segmentation.get(i))
+            .any(|r| r.allow.iter().any(|a| a.matches(proto, port)))
     }
 
     /// The allow lists (as written) that apply from zone `from` to zone `to`.
@@ -549,13 +579,27 @@ impl Zones {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.list.iter().any(|(n, _)| n == name)
+        self.position(name).is_some()
+    }
+
+    /// The index of the zone named `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.list.iter().position(|(n, _)| n == name)
+    }
+
+    /// The index of the zone with the longest network holding `ip`.
+    pub fn index_of(&self, ip: IpAddr) -> Option<usize> {
+        self.nets.matches(ip).next().copied()
+    }
+
+    /// The name of zone `i`.
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.list.get(i).map(|(name, _)| name.as_str())
     }
 
     /// The name of the zone with the longest network holding `ip`.
     pub fn of(&self, ip: IpAddr) -> Option<&str> {
-        let i = *self.nets.matches(ip).next()?;
-        self.list.get(i).map(|(name, _)| name.as_str())
+        self.name(self.index_of(ip)?)
     }
 }
 
@@ -744,6 +788,69 @@ mod tests {
         for o in [0, 5, 6, 7, 14, 14, 30, 3, 22, 100, 0] {
             assert_eq!(lines.line_of(o), from_top(o), "offset {o}");
             assert_eq!(line_of(text, o), from_top(o), "offset {o}");
+        }
+    }
+
+    /// The segmentation policy, asked through its (from, to) pairs, answers as the test of
+    /// every rule in turn did: any rule from the zone (or `*`) to the zone (or `*`) that allows
+    /// the service; always within one zone; only `*` rules for a zone no zone is named.
+    #[test]
+    fn segmentation_pairs_answer_as_every_rule_in_turn() {
+        let mut next = crate::fast::xorshift(0x5DEE_CE66_D1CE_4E5B);
+        for round in 0..100 {
+            let nz = 1 + next(6);
+            let mut cfg = String::from("[zones]\n");
+            for z in 0..nz {
+                cfg.push_str(&format!("z{z} = [\"198.18.{z}.0/24\"]\n"));
+            }
+            let name = |n: u64| {
+                if n == 0 {
+                    "*".to_string()
+                } else {
+                    format!("z{}", (n - 1) % nz)
+                }
+            };
+            for _ in 0..next(12) {
+                let allow = [
+                    "\"tcp/22\"",
+                    "\"udp/53\"",
+                    "\"tcp/8000-8100\"",
+                    "\"icmp\"",
+                    "\"any\"",
+                ];
+                cfg.push_str(&format!(
+                    "[[segmentation]]\nfrom = \"{}\"\nto = \"{}\"\nallow = [{}]\n",
+                    name(next(nz + 1)),
+                    name(next(nz + 1)),
+                    allow[next(5) as usize]
+                ));
+            }
+            let st = Settings::from_toml("t.toml", &cfg).unwrap();
+            let names: Vec<String> = (0..nz)
+                .map(|z| format!("z{z}"))
+                .chain(["nowhere".into()])
+                .collect();
+            for from in &names {
+                for to in &names {
+                    for (proto, port) in [(6, 22), (17, 53), (6, 8050), (1, 0), (6, 443)] {
+                        let every_rule = from == to
+                            || st.segmentation.iter().any(|r| {
+                                (r.from == "*" || r.from == *from)
+                                    && (r.to == "*" || r.to == *to)
+                                    && r.allow.iter().any(|a| a.matches(proto, port))
+                            });
+                        let got = st.segmentation_allows(from, to, proto, port);
+                        assert_eq!(
+                            got, every_rule,
+                            "round {round}: {from} -> {to} {proto}/{port}\n{cfg}"
+                        );
+                        if let (Some(a), Some(b)) = (st.zones.position(from), st.zones.position(to))
+                        {
+                            assert_eq!(st.zones_allow(a, b, proto, port), every_rule);
+                        }
+                    }
+                }
+            }
         }
     }
 

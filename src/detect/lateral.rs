@@ -557,14 +557,14 @@ impl LateralDetector {
         let zones = if self.st.segmentation.is_empty() {
             None
         } else {
-            match (self.st.zone_of(s), self.st.zone_of(d)) {
+            match (self.st.zones.index_of(s), self.st.zones.index_of(d)) {
                 (Some(a), Some(b)) if a != b => Some((a, b)),
                 _ => None,
             }
         };
         let mut denied = false;
         if let Some((a, b)) = zones {
-            if self.st.segmentation_allows(a, b, m.proto, rp) {
+            if self.st.zones_allow(a, b, m.proto, rp) {
                 return; // the policy decides, and allows
             }
             if !admin {
@@ -699,7 +699,10 @@ impl LateralDetector {
         p.evidence.merge(&taken);
     }
 
-    fn policy_finding(&self, m: &FlowMeta, zf: &str, zt: &str) -> Finding {
+    /// A connection from zone `from` to zone `to` (indices of the zones) that no rule allows.
+    fn policy_finding(&self, m: &FlowMeta, from: usize, to: usize) -> Finding {
+        let zf = self.st.zones.name(from).unwrap_or_default();
+        let zt = self.st.zones.name(to).unwrap_or_default();
         let mut f = Finding::for_flow(m.first, Kind::PolicyViolation, m, None)
             .with("zone_from", zf)
             .with("zone_to", zt)
