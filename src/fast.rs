@@ -218,19 +218,6 @@ impl<S: GenerationSet> Generations<S> {
     }
 }
 
-/// A small deterministic generator for tests (xorshift64): `next(n)` is in `0..n`, and a seed
-/// gives the same numbers every run.
-#[cfg(test)]
-pub(crate) fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
-    let mut x = seed;
-    move |n| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -796,7 +796,8 @@ mod tests {
     /// the service; always within one zone; only `*` rules for a zone no zone is named.
     #[test]
     fn segmentation_pairs_answer_as_every_rule_in_turn() {
-        let mut next = crate::fast::xorshift(0x5DEE_CE66_D1CE_4E5B);
+        let mut rng = crate::proto::testutil::XorShift::new(0x5DEE_CE66_D1CE_4E5B);
+        let mut next = |n: u64| rng.below(n);
         for round in 0..100 {
             let nz = 1 + next(6);
             let mut cfg = String::from("[zones]\n");
@@ -858,7 +859,8 @@ mod tests {
     /// for the longest one holding the address finds it (of a network in two zones, the later).
     #[test]
     fn zones_resolve_as_a_longest_prefix_scan_does() {
-        let mut next = crate::fast::xorshift(0x2545_F491_4F6C_DD1D);
+        let mut rng = crate::proto::testutil::XorShift::new(0x2545_F491_4F6C_DD1D);
+        let mut next = |n: u64| rng.below(n);
         for round in 0..200 {
             let mut zones = Zones::default();
             let mut list: Vec<(String, Vec<IpNet>)> = Vec::new();

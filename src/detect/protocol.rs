@@ -1111,7 +1111,8 @@ mod tests {
     /// client-id prefixes through maps, whichever comes first in the file.
     #[test]
     fn acl_lookups_find_the_entry_a_scan_in_file_order_finds() {
-        let mut next = crate::fast::xorshift(0x9E37_79B9_7F4A_7C15);
+        let mut rng = crate::proto::testutil::XorShift::new(0x9E37_79B9_7F4A_7C15);
+        let mut next = |n: u64| rng.below(n);
         let ip = |n: u64| -> IpAddr {
             if n.is_multiple_of(5) {
                 format!("fd00::{:x}", n % 40).parse().unwrap()

@@ -770,6 +770,10 @@ pub(crate) mod testutil {
             self.0 = x;
             x
         }
+        /// A number in `0..n`.
+        pub(crate) fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
         /// True with probability 1/n.
         pub(crate) fn one_in(&mut self, n: u64) -> bool {
             self.next().checked_rem(n).unwrap_or(0) == 0
