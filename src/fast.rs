@@ -218,6 +218,44 @@ impl<S: GenerationSet> Generations<S> {
     }
 }
 
+/// Maps of keys of one length each, longest first: a key is looked up in the map of each
+/// length in use (an address cut to a network's prefix length, a name cut to a prefix's
+/// length), a look per length however many keys share it.
+#[derive(Clone, Debug)]
+pub struct ByLength<K, V> {
+    maps: Vec<(usize, HashMap<K, V>)>,
+}
+
+impl<K, V> Default for ByLength<K, V> {
+    fn default() -> Self {
+        ByLength { maps: Vec::new() }
+    }
+}
+
+impl<K: Hash + Eq, V> ByLength<K, V> {
+    /// The value of `key`, of length `len`, made by `make` if it has none yet.
+    pub fn get_or_insert_with(&mut self, len: usize, key: K, make: impl FnOnce() -> V) -> &mut V {
+        let at = match self.maps.iter().position(|(l, _)| *l <= len) {
+            Some(at) if self.maps.get(at).is_some_and(|(l, _)| *l == len) => at,
+            Some(at) => {
+                self.maps.insert(at, (len, HashMap::default()));
+                at
+            }
+            None => {
+                self.maps.push((len, HashMap::default()));
+                self.maps.len() - 1
+            }
+        };
+        let (_, map) = &mut self.maps[at];
+        map.entry(key).or_insert_with(make)
+    }
+
+    /// Each length in use and its map, longest first.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &HashMap<K, V>)> {
+        self.maps.iter().map(|(len, map)| (*len, map))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

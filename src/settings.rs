@@ -607,14 +607,16 @@ impl Zones {
 /// per length, however many networks share it, where a list of networks is a test per network.
 #[derive(Clone, Debug)]
 pub struct NetMap<V> {
-    /// (prefix length, network address cut to that length -> value), longest first. IPv4 and
-    /// IPv6 networks of one length share a map: their keys differ.
-    lens: Vec<(u8, crate::fast::HashMap<IpAddr, V>)>,
+    /// Network address cut to its prefix length -> value, by prefix length. IPv4 and IPv6
+    /// networks of one length share a map: their keys differ.
+    by_len: crate::fast::ByLength<IpAddr, V>,
 }
 
 impl<V> Default for NetMap<V> {
     fn default() -> Self {
-        NetMap { lens: Vec::new() }
+        NetMap {
+            by_len: Default::default(),
+        }
     }
 }
 
@@ -622,24 +624,13 @@ impl<V> NetMap<V> {
     /// The value of network `net`, made by `make` if it has none yet.
     pub fn get_or_insert_with(&mut self, net: &IpNet, make: impl FnOnce() -> V) -> &mut V {
         let len = net.prefix_len();
-        let at = match self.lens.iter().position(|(l, _)| *l <= len) {
-            Some(at) if self.lens.get(at).is_some_and(|(l, _)| *l == len) => at,
-            Some(at) => {
-                self.lens.insert(at, (len, Default::default()));
-                at
-            }
-            None => {
-                self.lens.push((len, Default::default()));
-                self.lens.len() - 1
-            }
-        };
-        let (_, map) = &mut self.lens[at];
-        map.entry(cut(net.addr(), len)).or_insert_with(make)
+        (self.by_len).get_or_insert_with(len.into(), cut(net.addr(), len), make)
     }
 
     /// The values of the networks holding `ip`, longest prefix first.
     pub fn matches(&self, ip: IpAddr) -> impl Iterator<Item = &V> {
-        (self.lens.iter()).filter_map(move |(len, map)| map.get(&cut(ip, *len)))
+        let len = |l: usize| u8::try_from(l).unwrap_or(u8::MAX);
+        (self.by_len.iter()).filter_map(move |(l, map)| map.get(&cut(ip, len(l))))
     }
 }
 

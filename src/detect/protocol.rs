@@ -182,37 +182,14 @@ struct AclDevices {
     /// The first entry of each exact client id.
     clients: HashMap<String, usize>,
     /// Per length of the client-id prefixes (`dev-*` is 4): the first entry of each prefix.
-    prefixes: ByLength<Box<[u8]>>,
-}
-
-/// The first entry of each key, in one map per key length.
-struct ByLength<K>(Vec<(usize, HashMap<K, usize>)>);
-
-impl<K: std::hash::Hash + Eq> ByLength<K> {
-    fn new() -> Self {
-        ByLength(Vec::new())
-    }
-
-    /// Entry `i` has `key`, of length `len`; an earlier entry with the same key stays first.
-    fn add(&mut self, len: usize, key: K, i: usize) {
-        let at = match self.0.iter().position(|(l, _)| *l == len) {
-            Some(at) => at,
-            None => {
-                self.0.push((len, HashMap::default()));
-                self.0.len() - 1
-            }
-        };
-        if let Some((_, m)) = self.0.get_mut(at) {
-            m.entry(key).or_insert(i);
-        }
-    }
+    prefixes: crate::fast::ByLength<Box<[u8]>, usize>,
 }
 
 impl AclDevices {
     fn new(entries: Vec<AclDevice>) -> AclDevices {
         let mut nets = crate::settings::NetMap::default();
         let mut clients = HashMap::default();
-        let mut prefixes = ByLength::new();
+        let mut prefixes = crate::fast::ByLength::default();
         for (i, (who, _, _)) in entries.iter().enumerate() {
             match who {
                 Who::Net(n) => {
@@ -222,7 +199,9 @@ impl AclDevices {
                     None => {
                         clients.entry(c.clone()).or_insert(i);
                     }
-                    Some(p) => prefixes.add(p.len(), p.as_bytes().into(), i),
+                    Some(p) => {
+                        prefixes.get_or_insert_with(p.len(), p.as_bytes().into(), || i);
+                    }
                 },
             }
         }
@@ -239,8 +218,8 @@ impl AclDevices {
         let nets = self.nets.matches(ip);
         let exact = client.and_then(|c| self.clients.get(c));
         let prefixes = client.into_iter().flat_map(|c| {
-            (self.prefixes.0.iter())
-                .filter_map(move |(len, m)| c.as_bytes().get(..*len).and_then(|p| m.get(p)))
+            (self.prefixes.iter())
+                .filter_map(move |(len, m)| c.as_bytes().get(..len).and_then(|p| m.get(p)))
         });
         let first = nets.chain(exact).chain(prefixes).min()?;
         self.entries.get(*first)
