@@ -282,8 +282,6 @@ pub struct Settings {
 
 /// `"*"` in [`Settings::segmentation_pairs`].
 const ANY_ZONE: usize = usize::MAX;
-/// A zone name that no zone has: only `"*"` rules apply to it.
-const NO_ZONE: usize = usize::MAX - 1;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -510,13 +508,7 @@ impl Settings {
     }
 
     /// True when the segmentation policy lets zone `from` open `proto`/`port` in zone `to`
-    /// (always within one zone).
-    pub fn segmentation_allows(&self, from: &str, to: &str, proto: u8, port: u16) -> bool {
-        let zone = |z: &str| self.zones.position(z).unwrap_or(NO_ZONE);
-        from == to || self.rules_allow(zone(from), zone(to), proto, port)
-    }
-
-    /// [`Settings::segmentation_allows`] for zones by index ([`Zones::index_of`]).
+    /// (zones by index, [`Zones::index_of`]; always within one zone).
     pub fn zones_allow(&self, from: usize, to: usize, proto: u8, port: u16) -> bool {
         from == to || self.rules_allow(from, to, proto, port)
     }
@@ -784,7 +776,7 @@ mod tests {
 
     /// The segmentation policy, asked through its (from, to) pairs, answers as the test of
     /// every rule in turn did: any rule from the zone (or `*`) to the zone (or `*`) that allows
-    /// the service; always within one zone; only `*` rules for a zone no zone is named.
+    /// the service; always within one zone.
     #[test]
     fn segmentation_pairs_answer_as_every_rule_in_turn() {
         let mut rng = crate::proto::testutil::XorShift::new(0x5DEE_CE66_D1CE_4E5B);
@@ -818,10 +810,8 @@ mod tests {
                 ));
             }
             let st = Settings::from_toml("t.toml", &cfg).unwrap();
-            let names: Vec<String> = (0..nz)
-                .map(|z| format!("z{z}"))
-                .chain(["nowhere".into()])
-                .collect();
+            let names: Vec<String> = (0..nz).map(|z| format!("z{z}")).collect();
+            let zone = |n: &str| st.zones.position(n).unwrap();
             for from in &names {
                 for to in &names {
                     for (proto, port) in [(6, 22), (17, 53), (6, 8050), (1, 0), (6, 443)] {
@@ -831,15 +821,11 @@ mod tests {
                                     && (r.to == "*" || r.to == *to)
                                     && r.allow.iter().any(|a| a.matches(proto, port))
                             });
-                        let got = st.segmentation_allows(from, to, proto, port);
+                        let got = st.zones_allow(zone(from), zone(to), proto, port);
                         assert_eq!(
                             got, every_rule,
                             "round {round}: {from} -> {to} {proto}/{port}\n{cfg}"
                         );
-                        if let (Some(a), Some(b)) = (st.zones.position(from), st.zones.position(to))
-                        {
-                            assert_eq!(st.zones_allow(a, b, proto, port), every_rule);
-                        }
                     }
                 }
             }

@@ -1094,11 +1094,15 @@ allow = ["mqtt"]
 "#,
         )
         .unwrap();
-        assert!(st.segmentation_allows("office", "servers", 6, 443));
-        assert!(st.segmentation_allows("office", "servers", 6, 8050));
-        assert!(!st.segmentation_allows("office", "servers", 17, 8050));
-        assert!(!st.segmentation_allows("iot", "office", 6, 443));
-        assert!(st.segmentation_allows("iot", "iot", 6, 22), "same zone");
+        let allows = |from: &str, to: &str, proto, port| {
+            let zone = |n: &str| st.zones.position(n).unwrap();
+            st.zones_allow(zone(from), zone(to), proto, port)
+        };
+        assert!(allows("office", "servers", 6, 443));
+        assert!(allows("office", "servers", 6, 8050));
+        assert!(!allows("office", "servers", 17, 8050));
+        assert!(!allows("iot", "office", 6, 443));
+        assert!(allows("iot", "iot", 6, 22), "same zone");
         let out = run(
             &st,
             &[
