@@ -832,7 +832,9 @@ fn capture_add(a: &mut crate::capture::CaptureCounters, b: &crate::capture::Capt
 
 /// Formats the `bench` report.
 /// `peak_anon`: the run's peak anonymous memory ([`crate::stats::AnonPeak`]), if known.
-pub fn bench_report(r: &ReplayReport, peak_anon: Option<u64>) -> String {
+/// `cores`: the cores the process may run on (its CPU affinity), to say how much of them the
+/// threads used: with workers, the reader and the back end share the cores with the workers.
+pub fn bench_report(r: &ReplayReport, peak_anon: Option<u64>, cores: usize) -> String {
     let secs = r.wall.as_secs_f64().max(1e-9);
     let pkts = r.stats.decode.packets;
     let bytes = r.stats.decode.bytes;
@@ -871,6 +873,8 @@ pub fn bench_report(r: &ReplayReport, peak_anon: Option<u64>) -> String {
             workers.join(" "),
             share(&c.back)
         );
+        s += &c.cores_line(secs, cores);
+        s.push('\n');
     }
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     if let Some(rss) = crate::stats::peak_rss_bytes() {

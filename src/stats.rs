@@ -218,3 +218,55 @@ pub struct ThreadCpu {
     /// The back end: devices, detectors, alert policy, output.
     pub back: std::time::Duration,
 }
+
+impl ThreadCpu {
+    /// The threads' CPU time added up.
+    pub fn total(&self) -> std::time::Duration {
+        self.reader + self.back + self.workers.iter().sum::<std::time::Duration>()
+    }
+
+    /// `bench`'s line on how busy the run kept the `cores` it may use over `wall` seconds. No
+    /// run can take less wall time than its CPU time spread over every core: near 100 %, more
+    /// workers cannot make it faster on that machine.
+    pub fn cores_line(&self, wall: f64, cores: usize) -> String {
+        let total = self.total().as_secs_f64();
+        let cores = cores.max(1);
+        let (plural, them) = if cores == 1 {
+            ("", "it")
+        } else {
+            ("s", "them")
+        };
+        format!(
+            "cpu total    {total:.2} s, {:.0} % of {cores} core{plural} over the wall time (no less than {:.3} s on {them})",
+            100.0 * total / (wall.max(1e-9) * cores as f64),
+            total / cores as f64
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_cores_line_adds_every_thread_and_spreads_it_over_the_cores() {
+        let ms = Duration::from_millis;
+        let c = ThreadCpu {
+            reader: ms(360),
+            workers: vec![ms(510), ms(480)],
+            back: ms(810),
+        };
+        assert_eq!(c.total(), ms(2160));
+        assert_eq!(
+            c.cores_line(1.141, 2),
+            "cpu total    2.16 s, 95 % of 2 cores over the wall time (no less than 1.080 s on them)"
+        );
+        assert_eq!(
+            c.cores_line(2.4, 1),
+            "cpu total    2.16 s, 90 % of 1 core over the wall time (no less than 2.160 s on it)"
+        );
+        // No affinity known: one core.
+        assert!(c.cores_line(2.4, 0).contains("of 1 core "));
+    }
+}
