@@ -394,6 +394,10 @@ pub struct Devices {
     windows: std::collections::BTreeMap<Timestamp, HashMap<DeviceId, WindowStats>>,
     /// The first complete window: the one after the window of the first event.
     first_window: Timestamp,
+    /// The table of the last window closed, emptied, for the next window to open: it keeps
+    /// its room for as many devices (at most `max_devices`), where a new table grew by
+    /// doublings, moving every entry (hundreds of bytes each) again at each.
+    spare_window: Option<HashMap<DeviceId, WindowStats>>,
     /// Keep each flow's part of the windows, for the flow log. Default off.
     pub log_flows: bool,
     /// Recent answers of "is this address in the home networks" (direct-mapped by address).
@@ -425,6 +429,7 @@ impl Devices {
             routers: HashSet::default(),
             windows: Default::default(),
             first_window: Timestamp::ZERO,
+            spare_window: None,
             log_flows: false,
             home_cache: Box::new([(None, false); HOME_CACHE]),
             scratch: String::new(),
@@ -608,7 +613,9 @@ impl Devices {
         if self.first_window == Timestamp::ZERO {
             self.first_window = window.plus_secs(self.cfg.window_secs);
         }
-        let devices = self.windows.entry(window).or_default();
+        let spare = &mut self.spare_window;
+        let devices =
+            (self.windows.entry(window)).or_insert_with(|| spare.take().unwrap_or_default());
         match crate::fast::entry_within(devices, id, self.cfg.max_devices, WindowStats::default) {
             Some(s) => s,
             None => {
@@ -939,22 +946,20 @@ impl Devices {
     fn emit_window(
         &mut self,
         start: Timestamp,
-        map: HashMap<DeviceId, WindowStats>,
+        mut map: HashMap<DeviceId, WindowStats>,
         final_close: bool,
         out: &mut Vec<DeviceOutput>,
     ) {
-        let mut ids: Vec<_> = map.into_iter().collect();
-        // Device ids are distinct: an unstable sort gives the same order, with fewer moves of
-        // the large window stats.
-        ids.sort_unstable_by_key(|a| a.0);
+        // In device id order; the window stats (hundreds of bytes each) stay where they are.
+        let mut ids: Vec<DeviceId> = map.keys().copied().collect();
+        ids.sort_unstable();
         let cap = self.cfg.max_peers;
-        for (id, mut s) in ids {
+        for id in ids {
+            let Some(s) = map.get_mut(&id) else { continue };
             let mut new_peers = Vec::new();
-            let ip = self
-                .profiles
-                .get(&id)
-                .and_then(|p| p.ips.items.iter().next().copied());
+            let mut ip = None;
             if let Some(p) = self.profiles.get_mut(&id) {
+                ip = p.ips.items.iter().next().copied();
                 let mut peers: Vec<_> = s.out_peers.iter().copied().collect();
                 peers.sort();
                 for peer in peers {
@@ -987,6 +992,8 @@ impl Devices {
                 partial: start < self.first_window || final_close,
             }));
         }
+        map.clear();
+        self.spare_window = Some(map);
     }
 
     /// End of input: closes every open window.
@@ -1076,6 +1083,40 @@ mod tests {
         assert_eq!(p.services_used.overflow, plain.overflow);
         assert_eq!(plain.overflow, 3 * 13);
         assert_eq!(usize::from(p.noted[USED].n), NOTED);
+    }
+
+    /// A closed window's table opens the next window emptied, with its room kept: each
+    /// window's vectors hold its own devices and counts only.
+    #[test]
+    fn a_reused_window_table_starts_empty() {
+        let mut d = devices(|_| {});
+        let mut out = Vec::new();
+        // Window 0: devices 1-20, one flow each and device 1 a second; window 3: device 21
+        // alone (its flow start closes window 0), then the end of input.
+        for n in 1..=20 {
+            d.on_event(&started(n, 5), &mut out);
+        }
+        d.on_event(&started(1, 8), &mut out);
+        d.on_event(&started(21, 185), &mut out);
+        let open: Vec<_> = d.windows.values().collect();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].len(), 1);
+        assert!(open[0].capacity() >= 20, "window 0's room is kept");
+        d.finish(&mut out);
+        let vectors: Vec<(Timestamp, DeviceId, f64)> = out
+            .iter()
+            .filter_map(|o| match o {
+                DeviceOutput::Window(w) => Some((w.window, w.device, w.values[4])),
+                _ => None,
+            })
+            .collect();
+        let w0 = Timestamp::from_secs((1_800_000_000 + 5) / 60 * 60);
+        let mut want: Vec<_> = (1..=20)
+            .map(|n| (w0, ip_id(n), if n == 1 { 2.0 } else { 1.0 }))
+            .collect();
+        want.sort_by_key(|v| v.1);
+        want.push((w0.plus_secs(180), ip_id(21), 1.0));
+        assert_eq!(vectors, want);
     }
 
     #[test]
