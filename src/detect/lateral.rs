@@ -367,6 +367,11 @@ pub struct LateralDetector {
     start: Option<Timestamp>,
     now: Timestamp,
     last_sweep: Timestamp,
+    /// No pair's episode can end before this packet time (a lower bound: the earliest
+    /// `active + idle_secs` of the pairs with no flow open when last looked at), so a sweep
+    /// before it would find nothing: it is skipped. A pair's end only moves later as it is
+    /// active; it gets one when its last open flow ends, which lowers this bound.
+    next_end: Timestamp,
     lateral_on: bool,
     policy_on: bool,
     /// Tracking entries dropped because a table was full.
@@ -411,6 +416,7 @@ impl LateralDetector {
             start: None,
             now: Timestamp::ZERO,
             last_sweep: Timestamp::ZERO,
+            next_end: Timestamp::ZERO,
             lateral_on: rules.enabled(Kind::LateralMovement, "").is_some(),
             policy_on: rules.enabled(Kind::PolicyViolation, "").is_some(),
             evicted: 0,
@@ -481,13 +487,22 @@ impl LateralDetector {
             return;
         }
         self.last_sweep = self.now;
-        let now = self.now;
-        let mut done: Vec<_> = self
-            .pairs
-            .iter()
-            .filter(|(_, p)| p.ended(now, self.p.idle_secs))
-            .map(|(k, p)| (p.first, *k))
-            .collect();
+        // Sweeps keep their once-a-second times, so those that find something come when they
+        // did; most find nothing (episodes last minutes) and need not look at every pair.
+        if self.now < self.next_end {
+            return;
+        }
+        let (now, idle) = (self.now, self.p.idle_secs);
+        let mut next_end = Timestamp(u64::MAX);
+        let mut done = Vec::new();
+        for (k, p) in &self.pairs {
+            if p.ended(now, idle) {
+                done.push((p.first, *k));
+            } else if p.open == 0 {
+                next_end = next_end.min(p.active.plus_secs(idle));
+            }
+        }
+        self.next_end = next_end;
         done.sort();
         for (_, k) in done {
             if let Some(p) = self.pairs.remove(&k) {
@@ -598,6 +613,7 @@ impl LateralDetector {
             for p in self.pairs.values_mut() {
                 p.open = 0;
             }
+            self.next_end = Timestamp::ZERO;
         }
         if !open_pair && self.pairs.len() >= MAX_PAIRS {
             self.evicted += 1;
@@ -659,6 +675,9 @@ impl LateralDetector {
                 p.open = p.open.saturating_sub(1);
             }
             p.active = p.active.max(r.last);
+            if p.open == 0 {
+                self.next_end = self.next_end.min(p.active.plus_secs(self.p.idle_secs));
+            }
         }
         let Some(service) = service else {
             return;

@@ -1401,6 +1401,81 @@ mod tests {
         assert_eq!(failed, [Some(1), Some(1)]);
     }
 
+    /// What falls due is handled at the first sweep at or after it, with a tick every second
+    /// from other traffic: a quiet episode's end (idle 60 s), a long episode's report (after
+    /// 600 s) and then its end, a client's source forgotten (alone in the table), an
+    /// unanswered echo's timeout (5 s).
+    #[test]
+    fn what_falls_due_is_handled_at_the_first_sweep_after() {
+        let st = Settings::default();
+        let mut d = ScanDetector::new(&st, &rules_with("")).unwrap();
+        let mut out = Vec::new();
+        let quiet: IpAddr = "198.18.1.5".parse().unwrap();
+        let slow: IpAddr = "198.18.1.6".parse().unwrap();
+        let pinger: IpAddr = "198.18.1.7".parse().unwrap();
+        let client: IpAddr = "198.18.1.8".parse().unwrap();
+        let target: IpAddr = "198.18.1.9".parse().unwrap();
+        let mut seen = Vec::new();
+        for t in 1..=1_300u64 {
+            d.tick(ts(t), &mut out);
+            for f in out.drain(..) {
+                seen.push((t, f.src.map(|e| e.ip)));
+            }
+            if t <= 20 {
+                let port = t as u16;
+                probe(
+                    &mut d,
+                    (quiet, target, port),
+                    ProbeType::Syn,
+                    ts(t),
+                    false,
+                    &mut out,
+                );
+            }
+            if t % 10 == 0 && t <= 600 {
+                let port = 1_000 + (t / 10) as u16;
+                probe(
+                    &mut d,
+                    (slow, target, port),
+                    ProbeType::Syn,
+                    ts(t),
+                    false,
+                    &mut out,
+                );
+            }
+            if t == 300 {
+                assert!(d.contact(pinger, target, 0, ProbeType::Icmp, (ts(t), ts(t)), &mut out));
+                d.add_pending((pinger, target, Class::Icmp), ts(t));
+            }
+            // A client's answered connection, alone in the table: no scan, forgotten once quiet
+            // for 60 s.
+            if t == 700 {
+                probe(
+                    &mut d,
+                    (client, target, 443),
+                    ProbeType::Connect,
+                    ts(t),
+                    true,
+                    &mut out,
+                );
+            }
+            if t == 759 || t == 760 {
+                assert_eq!(d.sources.contains_key(&client), t == 759, "at {t} s");
+            }
+            if t == 304 || t == 305 {
+                let failed = d.sources.get(&pinger).map(|s| s.failed);
+                assert_eq!(failed, Some(u64::from(t == 305)), "at {t} s");
+            }
+        }
+        // `quiet` ended at 80 s. `slow` (10 s to 600 s) was reported at 610 s, after 600 s of
+        // episode, and again at its end, quiet from 600 s to 660 s. The pinger's one failed
+        // probe is no scan (it ends at 365 s without an alert).
+        assert_eq!(
+            seen,
+            [(80, Some(quiet)), (610, Some(slow)), (660, Some(slow))],
+        );
+    }
+
     /// The first contacts, targets and ports remembered over all sources stop at
     /// `max_remembered`, so many sources scanning at once cannot multiply the per-source caps;
     /// the probes beyond are counted, and a source's entries come back when its episode ends.
