@@ -194,6 +194,11 @@ pub struct DeviceProfile {
     /// The address the device was last seen with: an event from it skips the `ips` set.
     #[serde(skip)]
     last_ip: Option<IpAddr>,
+    /// The smallest of `ips` (the address its window vectors carry), kept as addresses are
+    /// added (none is ever taken out): closing a window then reads it here, not from the
+    /// set's B-tree node, a miss in the cache for each device of each window.
+    #[serde(skip)]
+    first_ip: Option<IpAddr>,
     /// The topic of the device's last MQTT publish (the analyzer shares one string per repeated
     /// topic): a publish to it again skips the `mqtt_topics` set.
     #[serde(skip)]
@@ -201,6 +206,18 @@ pub struct DeviceProfile {
     /// [`Noted`] codes of what `services_used`, `services_offered` and `protocols` hold.
     #[serde(skip)]
     noted: [Noted; 3],
+}
+
+impl DeviceProfile {
+    /// Adds `ip` to the device's addresses (at most 16; the 17th and on are counted), keeping
+    /// `first_ip`; true when the set holds it.
+    fn hold_ip(&mut self, ip: IpAddr) -> bool {
+        let held = self.ips.insert(ip, 16);
+        if held && self.first_ip.is_none_or(|f| ip < f) {
+            self.first_ip = Some(ip);
+        }
+        held
+    }
 }
 
 /// The codes ([`service_code`]) of the first strings one of a profile's small string sets
@@ -556,11 +573,12 @@ impl Devices {
                     packets: 0,
                     bytes: 0,
                     last_ip: Some(ip),
+                    first_ip: None,
                     last_topic: None,
                     noted: Default::default(),
                 };
                 self.counters.devices += 1;
-                p.ips.insert(ip, 16);
+                p.hold_ip(ip);
                 let max = self.cfg.max_devices.saturating_mul(ANNOUNCED_PER_DEVICE);
                 // Ids forgotten to make room are not counted: they are only announced again.
                 if self.announced.learn(id, max.max(1), &mut 0) {
@@ -574,7 +592,7 @@ impl Devices {
         // Most devices have one address: skip the set when it is the last one seen (and held:
         // an address the full set refused is counted each time, as before).
         if p.last_ip != Some(ip) {
-            p.last_ip = p.ips.insert(ip, 16).then_some(ip);
+            p.last_ip = p.hold_ip(ip).then_some(ip);
         }
         if ts > p.last_seen {
             p.last_seen = ts;
@@ -959,7 +977,7 @@ impl Devices {
             let mut new_peers = Vec::new();
             let mut ip = None;
             if let Some(p) = self.profiles.get_mut(&id) {
-                ip = p.ips.items.iter().next().copied();
+                ip = p.first_ip;
                 let mut peers: Vec<_> = s.out_peers.iter().copied().collect();
                 peers.sort();
                 for peer in peers {
@@ -1117,6 +1135,29 @@ mod tests {
         want.sort_by_key(|v| v.1);
         want.push((w0.plus_secs(180), ip_id(21), 1.0));
         assert_eq!(vectors, want);
+    }
+
+    /// A profile's `first_ip` is the smallest address its `ips` set holds, whatever the order
+    /// addresses come in, IPv4 and IPv6, and once the set is full (16) and refuses the rest.
+    #[test]
+    fn a_profiles_first_ip_is_the_smallest_it_holds() {
+        let mut rng = crate::proto::testutil::XorShift::new(7);
+        for round in 0..200 {
+            let mut d = devices(|_| {});
+            let mut out = Vec::new();
+            let id = ip_id(1);
+            let ts = Timestamp::from_secs(1_800_000_000);
+            for _ in 0..rng.below(40) + 1 {
+                let ip = match rng.below(3) {
+                    0 => IpAddr::from([198, 18, 0, rng.below(256) as u8]),
+                    1 => IpAddr::from([198, 19, rng.below(4) as u8, rng.below(256) as u8]),
+                    _ => IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0, rng.below(65_536) as u16]),
+                };
+                d.profile(id, ip, None, ts, &mut out);
+            }
+            let p = d.get(&id).expect("the device");
+            assert_eq!(p.first_ip, p.ips.items.first().copied(), "round {round}");
+        }
     }
 
     #[test]
