@@ -10,7 +10,8 @@ use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{clip_str, AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -86,6 +87,11 @@ impl BruteParams {
     /// for as long as an episode is reported.
     fn ended(&self, first: Timestamp, last: Timestamp, now: Timestamp) -> bool {
         now.secs_since(last) >= self.window_secs || now.secs_since(first) >= self.max_episode_secs
+    }
+
+    /// The packet time from which [`BruteParams::ended`] holds.
+    fn end(&self, first: Timestamp, last: Timestamp) -> Timestamp {
+        (last.plus_secs(self.window_secs)).min(first.plus_secs(self.max_episode_secs))
     }
 }
 
@@ -334,6 +340,11 @@ pub struct ProtocolDetector {
     acl: Option<Acl>,
     flows: HashMap<FlowId, FlowFacts>,
     last_sweep: Timestamp,
+    /// When the open episodes can end, soonest first: each brute-force (`false`) and SSH
+    /// (`true`) episode has an entry no later than its [`BruteParams::end`], so a sweep looks
+    /// only at the entries due, not at every episode. An entry whose episode is gone is
+    /// dropped when it comes up; one whose episode goes on is put back at its new end.
+    ends: BinaryHeap<Reverse<(Timestamp, EpisodeKey, bool)>>,
     /// Bytes of the usernames that the open episodes keep, held to `max_name_bytes`
     /// (`MAX_NAME_BYTES`).
     name_bytes: usize,
@@ -383,6 +394,7 @@ impl ProtocolDetector {
             acl: None,
             flows: HashMap::default(),
             last_sweep: Timestamp::ZERO,
+            ends: BinaryHeap::new(),
             name_bytes: 0,
             max_name_bytes: MAX_NAME_BYTES,
             closing: Vec::new(),
@@ -739,22 +751,33 @@ impl ProtocolDetector {
         if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
             self.evicted += self.episodes.len() as u64;
             self.episodes.clear();
+            self.ends.retain(|Reverse(e)| e.2);
             self.name_bytes = 0;
         }
         let name_hash = std::hash::BuildHasher::hash_one(self.episodes.hasher(), username);
-        let e = self.episodes.entry(key).or_insert_with(|| Episode {
-            app,
-            first: ts,
-            last: ts,
-            failures: 0,
-            successes: 0,
-            tried: Vec::new(),
-            usernames: BTreeSet::new(),
-            name_bytes: 0,
-            names_not_kept: 0,
-            accepted_user: None,
-            meta: *meta,
-        });
+        let (e, was) = match self.episodes.entry(key) {
+            hashbrown::hash_map::Entry::Occupied(o) => {
+                let e = o.into_mut();
+                let was = self.brute.end(e.first, e.last);
+                (e, Some(was))
+            }
+            hashbrown::hash_map::Entry::Vacant(v) => {
+                let e = v.insert(Episode {
+                    app,
+                    first: ts,
+                    last: ts,
+                    failures: 0,
+                    successes: 0,
+                    tried: Vec::new(),
+                    usernames: BTreeSet::new(),
+                    name_bytes: 0,
+                    names_not_kept: 0,
+                    accepted_user: None,
+                    meta: *meta,
+                });
+                (e, None)
+            }
+        };
         match outcome {
             Outcome::Rejected => {
                 e.failures += 1;
@@ -789,6 +812,11 @@ impl ProtocolDetector {
             }
             Outcome::Unknown => {}
         }
+        // A new episode, or one whose end came earlier (a login older than its last).
+        let end = self.brute.end(e.first, e.last);
+        if was.is_none_or(|w| end < w) {
+            self.ends.push(Reverse((end, key, false)));
+        }
     }
 
     /// Closes brute-force episodes that went quiet (or ran too long).
@@ -798,28 +826,47 @@ impl ProtocolDetector {
         }
         self.last_sweep = now;
         let p = self.brute;
-        // Closed in the order of `finish` (first seen, then flow), not the maps' hash order:
-        // the alerts of one sweep come out in the same order in every run.
-        let mut done: Vec<_> = self
-            .episodes
-            .iter()
-            .filter(|(_, e)| p.ended(e.first, e.last, now))
-            .map(|(k, e)| (e.first, e.meta.id, *k))
-            .collect();
+        // The episodes over: those of the entries due (an episode may have two).
+        let (mut done, mut done_ssh) = (Vec::new(), Vec::new());
+        let mut later = Vec::new();
+        while let Some(Reverse((at, key, ssh))) = self.ends.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.ends.pop();
+            let span = if ssh {
+                self.ssh.get(&key).map(|v| (v.0, v.1, v.3.id))
+            } else {
+                self.episodes
+                    .get(&key)
+                    .map(|e| (e.first, e.last, e.meta.id))
+            };
+            let Some((first, last, flow)) = span else {
+                continue;
+            };
+            if p.ended(first, last, now) {
+                if ssh {
+                    done_ssh.push((first, flow, key));
+                } else {
+                    done.push((first, flow, key));
+                }
+            } else {
+                later.push(Reverse((p.end(first, last), key, ssh)));
+            }
+        }
+        self.ends.extend(later);
+        // Closed in the order of `finish` (first seen, then flow), not the order they came
+        // due: the alerts of one sweep come out in the same order in every run.
         done.sort_unstable();
+        done.dedup();
         for (_, _, k) in done {
             if let Some(e) = self.episodes.remove(&k) {
                 out.extend(self.episode_finding(e));
             }
         }
-        let mut done: Vec<_> = self
-            .ssh
-            .iter()
-            .filter(|(_, v)| p.ended(v.0, v.1, now))
-            .map(|(k, v)| (v.0, v.3.id, *k))
-            .collect();
-        done.sort_unstable();
-        for (_, _, k) in done {
+        done_ssh.sort_unstable();
+        done_ssh.dedup();
+        for (_, _, k) in done_ssh {
             if let Some(v) = self.ssh.remove(&k) {
                 out.extend(self.ssh_finding(v));
             }
@@ -1002,6 +1049,11 @@ impl ProtocolDetector {
                 if !self.ssh.contains_key(&key) && self.ssh.len() >= MAX_TRACKED {
                     self.evicted += self.ssh.len() as u64;
                     self.ssh.clear();
+                    self.ends.retain(|Reverse(e)| !e.2);
+                }
+                if !self.ssh.contains_key(&key) {
+                    let end = self.brute.end(r.start, r.last);
+                    self.ends.push(Reverse((end, key, true)));
                 }
                 let e = self.ssh.entry(key).or_insert((r.start, r.last, 0, r.meta));
                 e.1 = e.1.max(r.last);
@@ -1431,6 +1483,90 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    /// A short SSH session (flow `n`, port 22) from `ms` to 0.5 s later.
+    fn ssh_session(n: u64, ms: u64) -> FlowRecord {
+        let (mut meta, _) = login_in_flow(n);
+        meta.responder.port = 22;
+        meta.first = at(ms);
+        FlowRecord {
+            meta,
+            start: at(ms),
+            last: at(ms + 500),
+            fwd: Default::default(),
+            rev: Default::default(),
+            tcp: crate::flow::TcpState::Closed,
+            end: crate::flow::FlowEnd::Fin,
+            app: "ssh",
+            gaps: [0; 2],
+            synack_seen: true,
+            memcap_shed: false,
+        }
+    }
+
+    /// A brute-force episode is closed at the first sweep at or after its end, wherever its
+    /// logins moved that end, with other traffic every second: one source failing every 10 s
+    /// from 0 to 100 s (quiet for the 60 s window from 100 s), another every 20 s from 5.5 s
+    /// (never quiet: cut at the 300 s an episode may run, then a second episode that the end
+    /// of input closes); and an SSH episode of sessions ending 0.5 s to 9.5 s after 200 s.
+    #[test]
+    fn episodes_close_at_the_first_sweep_after_their_end() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut d = ProtocolDetector::new(&rs, false).unwrap();
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let mut n = 0;
+        let ssh = |n: u64, ms: u64| {
+            let mut r = ssh_session(n, ms);
+            r.meta.initiator.ip = IpAddr::from([198, 18, 3, 3]);
+            r
+        };
+        for ms in (0..=400_000u64).step_by(500) {
+            if ms % 1_000 == 0 {
+                other_traffic(&mut d, at(ms), &mut out);
+                for f in out.drain(..) {
+                    seen.push((ms / 1_000, f.kind, f.src.map(|e| e.ip)));
+                }
+            }
+            for (src, every, from, until) in
+                [(1u8, 10_000, 0, 100_000), (2, 20_000, 5_500, 385_500)]
+            {
+                if ms >= from && ms <= until && (ms - from) % every == 0 {
+                    n += 1;
+                    let (mut meta, _) = login_in_flow(n);
+                    meta.initiator.ip = IpAddr::from([198, 18, 3, src]);
+                    let ev = rejected(format!("user{n}"));
+                    d.on_app(
+                        &meta,
+                        at(ms),
+                        Direction::Forward,
+                        &ev,
+                        &mut Ungated,
+                        &mut out,
+                    );
+                }
+            }
+            if (200_000..210_000).contains(&ms) && ms % 1_000 == 0 {
+                n += 1;
+                d.on_flow_end(&ssh(n, ms), &mut out);
+            }
+        }
+        d.finish(&mut out);
+        for f in out.drain(..) {
+            seen.push((u64::MAX, f.kind, f.src.map(|e| e.ip)));
+        }
+        let ip = |n: u8| Some(IpAddr::from([198, 18, 3, n]));
+        seen.retain(|(_, k, _)| *k == Kind::BruteForce);
+        assert_eq!(
+            seen,
+            [
+                (160, Kind::BruteForce, ip(1)),
+                (270, Kind::BruteForce, ip(3)),
+                (306, Kind::BruteForce, ip(2)),
+                (u64::MAX, Kind::BruteForce, ip(2)),
+            ]
+        );
+    }
+
     /// The same for SSH, judged from short sessions: ten, a quiet minute, ten more.
     #[test]
     fn ssh_episodes_end_at_the_same_session_whatever_other_traffic_came_between() {
@@ -1438,24 +1574,6 @@ mod tests {
         let mut busy = ProtocolDetector::new(&rs, false).unwrap();
         let mut quiet = ProtocolDetector::new(&rs, false).unwrap();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        let session = |n: u64, ms: u64| {
-            let (mut meta, _) = login_in_flow(n);
-            meta.responder.port = 22;
-            meta.first = at(ms);
-            FlowRecord {
-                meta,
-                start: at(ms),
-                last: at(ms + 500),
-                fwd: Default::default(),
-                rev: Default::default(),
-                tcp: crate::flow::TcpState::Closed,
-                end: crate::flow::FlowEnd::Fin,
-                app: "ssh",
-                gaps: [0; 2],
-                synack_seen: true,
-                memcap_shed: false,
-            }
-        };
         // Sessions end at 0.5, 1.5 ... 9.5 s; the second ten from 70.1 s (60.6 s quiet), and
         // the busy detector sees other traffic at 69.4 s (59.9 s quiet: not over yet).
         let times = (0..10u64)
@@ -1465,7 +1583,7 @@ mod tests {
             if ms == 69_600 {
                 other_traffic(&mut busy, at(69_400), &mut a);
             }
-            let r = session(n as u64, ms);
+            let r = ssh_session(n as u64, ms);
             busy.on_flow_end(&r, &mut a);
             quiet.on_flow_end(&r, &mut b);
         }
