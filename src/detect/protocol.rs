@@ -343,7 +343,9 @@ pub struct ProtocolDetector {
     /// When the open episodes can end, soonest first: each brute-force (`false`) and SSH
     /// (`true`) episode has an entry no later than its [`BruteParams::end`], so a sweep looks
     /// only at the entries due, not at every episode. An entry whose episode is gone is
-    /// dropped when it comes up; one whose episode goes on is put back at its new end.
+    /// dropped when it comes up; one whose episode goes on is put back at its new end. One
+    /// entry per episode (the maps hold at most `MAX_TRACKED` each, and a full map's entries
+    /// go with it), plus one for each login older than its episode's last, until it comes up.
     ends: BinaryHeap<Reverse<(Timestamp, EpisodeKey, bool)>>,
     /// Bytes of the usernames that the open episodes keep, held to `max_name_bytes`
     /// (`MAX_NAME_BYTES`).
