@@ -343,9 +343,9 @@ pub struct ProtocolDetector {
     /// When the open episodes can end, soonest first: each brute-force (`false`) and SSH
     /// (`true`) episode has an entry no later than its [`BruteParams::end`], so a sweep looks
     /// only at the entries due, not at every episode. An entry whose episode is gone is
-    /// dropped when it comes up; one whose episode goes on is put back at its new end. One
-    /// entry per episode (the maps hold at most `MAX_TRACKED` each, and a full map's entries
-    /// go with it), plus one for each login older than its episode's last, until it comes up.
+    /// dropped when it comes up; one whose episode goes on is put back at its new end. At most
+    /// twice as many entries as open episodes, plus 1,024 (see [`ProtocolDetector::queue_end`]);
+    /// the maps hold at most `MAX_TRACKED` each.
     ends: BinaryHeap<Reverse<(Timestamp, EpisodeKey, bool)>>,
     /// Bytes of the usernames that the open episodes keep, held to `max_name_bytes`
     /// (`MAX_NAME_BYTES`).
@@ -817,7 +817,22 @@ impl ProtocolDetector {
         // A new episode, or one whose end came earlier (a login older than its last).
         let end = self.brute.end(e.first, e.last);
         if was.is_none_or(|w| end < w) {
-            self.ends.push(Reverse((end, key, false)));
+            self.queue_end(end, key, false);
+        }
+    }
+
+    /// Queues an episode's end. Entries of episodes gone wait for their time to be dropped:
+    /// should they outnumber the open episodes (logins that keep moving ends earlier), the
+    /// queue is made again from the episodes, so it stays within twice their number.
+    fn queue_end(&mut self, end: Timestamp, key: EpisodeKey, ssh: bool) {
+        self.ends.push(Reverse((end, key, ssh)));
+        let open = self.episodes.len() + self.ssh.len();
+        if self.ends.len() > 2 * open + 1_024 {
+            let p = self.brute;
+            let brute =
+                (self.episodes.iter()).map(|(k, e)| Reverse((p.end(e.first, e.last), *k, false)));
+            let ssh = (self.ssh.iter()).map(|(k, v)| Reverse((p.end(v.0, v.1), *k, true)));
+            self.ends = brute.chain(ssh).collect();
         }
     }
 
@@ -1053,13 +1068,15 @@ impl ProtocolDetector {
                     self.ssh.clear();
                     self.ends.retain(|Reverse(e)| !e.2);
                 }
-                if !self.ssh.contains_key(&key) {
-                    let end = self.brute.end(r.start, r.last);
-                    self.ends.push(Reverse((end, key, true)));
-                }
+                let new = !self.ssh.contains_key(&key);
                 let e = self.ssh.entry(key).or_insert((r.start, r.last, 0, r.meta));
                 e.1 = e.1.max(r.last);
                 e.2 += 1;
+                // Its end moves only later from here.
+                let end = self.brute.end(e.0, e.1);
+                if new {
+                    self.queue_end(end, key, true);
+                }
             }
         }
     }
@@ -1567,6 +1584,44 @@ mod tests {
                 (u64::MAX, Kind::BruteForce, ip(2)),
             ]
         );
+    }
+
+    /// Logins each older than their episode's last move its end earlier, each adding an entry
+    /// to the queue of ends: the queue is made again before it holds more than twice the open
+    /// episodes plus 1,024, and the episode is still closed once, when it is over.
+    #[test]
+    fn the_queue_of_ends_stays_bounded() {
+        let rs = RuleSet::embedded().unwrap();
+        let mut d = ProtocolDetector::new(&rs, false).unwrap();
+        let mut out = Vec::new();
+        for i in 0..3_000u64 {
+            let (meta, _) = login_in_flow(i);
+            let ev = rejected(format!("user{i}"));
+            d.on_app(
+                &meta,
+                at(50_000 - i * 10),
+                Direction::Forward,
+                &ev,
+                &mut Ungated,
+                &mut out,
+            );
+            assert!(
+                d.ends.len() <= 2 + 1_024,
+                "{} entries after {i}",
+                d.ends.len()
+            );
+        }
+        assert_eq!(d.episodes.len(), 1);
+        assert!(out.iter().all(|f| f.kind != Kind::BruteForce));
+        // The last login, at 20.01 s, ends the episode at 80.01 s.
+        other_traffic(&mut d, at(80_000), &mut out);
+        assert!(out.iter().all(|f| f.kind != Kind::BruteForce));
+        other_traffic(&mut d, at(81_000), &mut out);
+        let brute: Vec<_> = out.iter().filter(|f| f.kind == Kind::BruteForce).collect();
+        assert_eq!(brute.len(), 1);
+        assert_eq!(brute[0].evidence["failed_logins"], 3_000);
+        d.finish(&mut out);
+        assert_eq!(out.iter().filter(|f| f.kind == Kind::BruteForce).count(), 1);
     }
 
     /// The same for SSH, judged from short sessions: ten, a quiet minute, ten more.
