@@ -256,9 +256,106 @@ impl<K: Hash + Eq, V> ByLength<K, V> {
     }
 }
 
+/// Keys by the time they may fall due, soonest first: a detector that closes what went quiet
+/// takes at each sweep only the entries due, not a look at every key. An entry is a lower
+/// bound on its key's time: when it comes up, a key gone is dropped and one whose time moved
+/// later is put back at it. Entries of keys gone wait for their time; should they outnumber
+/// the owner's keys, the queue is made again from those, so it holds at most twice their
+/// number plus 1,024.
+pub struct Deadlines<T, K> {
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<(T, K)>>,
+}
+
+impl<T: Ord, K: Ord> Default for Deadlines<T, K> {
+    fn default() -> Self {
+        Deadlines {
+            heap: std::collections::BinaryHeap::new(),
+        }
+    }
+}
+
+impl<T: Ord + Copy, K: Ord + Copy> Deadlines<T, K> {
+    /// Queues `key` at `at` (no later than its time). The owner holds `live` keys, which
+    /// `all` gives with their times, for when the queue is made again.
+    pub fn push<I: Iterator<Item = (T, K)>>(
+        &mut self,
+        at: T,
+        key: K,
+        live: usize,
+        all: impl FnOnce() -> I,
+    ) {
+        self.heap.push(std::cmp::Reverse((at, key)));
+        if self.heap.len() > 2 * live + 1_024 {
+            self.heap = all().map(std::cmp::Reverse).collect();
+        }
+    }
+
+    /// The keys due at `now`, in order, once each: `time` tells a key's time now (`None`: it
+    /// is gone). Entries come up soonest first; a key not yet due is put back at its time.
+    pub fn due(&mut self, now: T, mut time: impl FnMut(K) -> Option<T>) -> Vec<K> {
+        let (mut due, mut later) = (Vec::new(), Vec::new());
+        while let Some(&std::cmp::Reverse((at, key))) = self.heap.peek() {
+            if at > now {
+                break;
+            }
+            self.heap.pop();
+            match time(key) {
+                Some(t) if t <= now => due.push(key),
+                Some(t) => later.push(std::cmp::Reverse((t, key))),
+                None => {}
+            }
+        }
+        self.heap.extend(later);
+        due.sort_unstable();
+        due.dedup();
+        due
+    }
+
+    /// Keeps the entries whose key `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K) -> bool) {
+        self.heap.retain(|std::cmp::Reverse((_, k))| keep(k));
+    }
+
+    /// Entries queued.
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Due keys come once each, in order; a key gone is dropped, one whose time moved later is
+    /// put back at it; the queue is made again from the owner's keys past twice their number
+    /// plus 1,024.
+    #[test]
+    fn deadlines_give_what_is_due_and_put_back_the_rest() {
+        let mut times: std::collections::BTreeMap<u32, u64> = [(1, 10), (2, 20), (3, 5)].into();
+        let mut q = Deadlines::<u64, u32>::default();
+        for (&k, &t) in &times {
+            q.push(t, k, times.len(), || times.iter().map(|(k, t)| (*t, *k)));
+        }
+        q.push(4, 1, times.len(), std::iter::empty); // a second, earlier entry for key 1
+        assert!(q.due(3, |k| times.get(&k).copied()).is_empty());
+        // Key 1 moved to 30; key 3 is gone.
+        times.insert(1, 30);
+        times.remove(&3);
+        assert!(q.due(12, |k| times.get(&k).copied()).is_empty());
+        assert_eq!(q.len(), 3, "key 1 put back twice, key 2 waiting");
+        assert_eq!(q.due(30, |k| times.get(&k).copied()), [1, 2]);
+        assert!(q.is_empty());
+        // 5,000 entries for two keys: made again from them.
+        let two: Vec<(u64, u32)> = vec![(7, 1), (8, 2)];
+        for i in 0..5_000u64 {
+            q.push(i, 1, 2, || two.iter().copied());
+            assert!(q.len() <= 2 * 2 + 1_024 + 1);
+        }
+    }
 
     /// Values past the first `N` go to the hash set, and the set answers the same for both.
     #[test]

@@ -10,8 +10,7 @@ use crate::flow::{Direction, FlowId, FlowMeta, FlowRecord};
 use crate::proto::{clip_str, AppProto, Outcome, ProtoEvent};
 use crate::time::Timestamp;
 use serde::Deserialize;
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -340,13 +339,11 @@ pub struct ProtocolDetector {
     acl: Option<Acl>,
     flows: HashMap<FlowId, FlowFacts>,
     last_sweep: Timestamp,
-    /// When the open episodes can end, soonest first: each brute-force (`false`) and SSH
-    /// (`true`) episode has an entry no later than its [`BruteParams::end`], so a sweep looks
-    /// only at the entries due, not at every episode. An entry whose episode is gone is
-    /// dropped when it comes up; one whose episode goes on is put back at its new end. At most
-    /// twice as many entries as open episodes, plus 1,024 (see [`ProtocolDetector::queue_end`]);
-    /// the maps hold at most `MAX_TRACKED` each.
-    ends: BinaryHeap<Reverse<(Timestamp, EpisodeKey, bool)>>,
+    /// When the open brute-force (`false`) and SSH (`true`) episodes can end
+    /// ([`BruteParams::end`]), so a sweep looks only at those due, not at every episode; at
+    /// most twice as many entries as open episodes plus 1,024 (the maps hold at most
+    /// `MAX_TRACKED` each).
+    ends: crate::fast::Deadlines<Timestamp, (EpisodeKey, bool)>,
     /// Bytes of the usernames that the open episodes keep, held to `max_name_bytes`
     /// (`MAX_NAME_BYTES`).
     name_bytes: usize,
@@ -396,7 +393,7 @@ impl ProtocolDetector {
             acl: None,
             flows: HashMap::default(),
             last_sweep: Timestamp::ZERO,
-            ends: BinaryHeap::new(),
+            ends: Default::default(),
             name_bytes: 0,
             max_name_bytes: MAX_NAME_BYTES,
             closing: Vec::new(),
@@ -753,7 +750,7 @@ impl ProtocolDetector {
         if !self.episodes.contains_key(&key) && self.episodes.len() >= MAX_TRACKED {
             self.evicted += self.episodes.len() as u64;
             self.episodes.clear();
-            self.ends.retain(|Reverse(e)| e.2);
+            self.ends.retain(|&(_, ssh)| ssh);
             self.name_bytes = 0;
         }
         let name_hash = std::hash::BuildHasher::hash_one(self.episodes.hasher(), username);
@@ -821,19 +818,16 @@ impl ProtocolDetector {
         }
     }
 
-    /// Queues an episode's end. Entries of episodes gone wait for their time to be dropped:
-    /// should they outnumber the open episodes (logins that keep moving ends earlier), the
-    /// queue is made again from the episodes, so it stays within twice their number.
+    /// Queues the end of a brute-force (`ssh` false) or SSH episode.
     fn queue_end(&mut self, end: Timestamp, key: EpisodeKey, ssh: bool) {
-        self.ends.push(Reverse((end, key, ssh)));
-        let open = self.episodes.len() + self.ssh.len();
-        if self.ends.len() > 2 * open + 1_024 {
-            let p = self.brute;
-            let brute =
-                (self.episodes.iter()).map(|(k, e)| Reverse((p.end(e.first, e.last), *k, false)));
-            let ssh = (self.ssh.iter()).map(|(k, v)| Reverse((p.end(v.0, v.1), *k, true)));
-            self.ends = brute.chain(ssh).collect();
-        }
+        let p = self.brute;
+        let (episodes, sessions) = (&self.episodes, &self.ssh);
+        self.ends
+            .push(end, (key, ssh), episodes.len() + sessions.len(), || {
+                let brute = (episodes.iter()).map(|(k, e)| (p.end(e.first, e.last), (*k, false)));
+                let ssh = (sessions.iter()).map(|(k, v)| (p.end(v.0, v.1), (*k, true)));
+                brute.chain(ssh)
+            });
     }
 
     /// Closes brute-force episodes that went quiet (or ran too long).
@@ -843,46 +837,31 @@ impl ProtocolDetector {
         }
         self.last_sweep = now;
         let p = self.brute;
-        // The episodes over: those of the entries due (an episode may have two).
-        let (mut done, mut done_ssh) = (Vec::new(), Vec::new());
-        let mut later = Vec::new();
-        while let Some(Reverse((at, key, ssh))) = self.ends.peek().copied() {
-            if at > now {
-                break;
+        let (episodes, sessions) = (&self.episodes, &self.ssh);
+        let due = self.ends.due(now, |(key, ssh)| {
+            if ssh {
+                sessions.get(&key).map(|v| p.end(v.0, v.1))
+            } else {
+                episodes.get(&key).map(|e| p.end(e.first, e.last))
             }
-            self.ends.pop();
-            let span = if ssh {
-                self.ssh.get(&key).map(|v| (v.0, v.1, v.3.id))
+        });
+        let (mut done, mut done_ssh) = (Vec::new(), Vec::new());
+        for (key, ssh) in due {
+            if ssh {
+                done_ssh.extend(sessions.get(&key).map(|v| (v.0, v.3.id, key)));
             } else {
-                self.episodes
-                    .get(&key)
-                    .map(|e| (e.first, e.last, e.meta.id))
-            };
-            let Some((first, last, flow)) = span else {
-                continue;
-            };
-            if p.ended(first, last, now) {
-                if ssh {
-                    done_ssh.push((first, flow, key));
-                } else {
-                    done.push((first, flow, key));
-                }
-            } else {
-                later.push(Reverse((p.end(first, last), key, ssh)));
+                done.extend(episodes.get(&key).map(|e| (e.first, e.meta.id, key)));
             }
         }
-        self.ends.extend(later);
         // Closed in the order of `finish` (first seen, then flow), not the order they came
         // due: the alerts of one sweep come out in the same order in every run.
         done.sort_unstable();
-        done.dedup();
         for (_, _, k) in done {
             if let Some(e) = self.episodes.remove(&k) {
                 out.extend(self.episode_finding(e));
             }
         }
         done_ssh.sort_unstable();
-        done_ssh.dedup();
         for (_, _, k) in done_ssh {
             if let Some(v) = self.ssh.remove(&k) {
                 out.extend(self.ssh_finding(v));
@@ -1066,7 +1045,7 @@ impl ProtocolDetector {
                 if !self.ssh.contains_key(&key) && self.ssh.len() >= MAX_TRACKED {
                     self.evicted += self.ssh.len() as u64;
                     self.ssh.clear();
-                    self.ends.retain(|Reverse(e)| !e.2);
+                    self.ends.retain(|&(_, ssh)| !ssh);
                 }
                 let new = !self.ssh.contains_key(&key);
                 let e = self.ssh.entry(key).or_insert((r.start, r.last, 0, r.meta));
