@@ -57,10 +57,13 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn count(&self) -> usize {
-        self.workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .clamp(1, 64)
+        self.workers.unwrap_or_else(cores).clamp(1, 64)
     }
+}
+
+/// The cores this process may run on (its CPU affinity; 1 when unknown).
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Model options of `replay`, `live` and `bench`.

@@ -103,8 +103,10 @@ fn run(cli: Cli) -> Result<Outcome, AppError> {
             };
             let anon = tapwatch::stats::AnonPeak::start();
             let r = app::replay(&s, rules, &opts, &stop)?;
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            print!("{}", app::bench_report(&r, anon.stop(), cores));
+            print!(
+                "{}",
+                app::bench_report(&r, anon.stop(), tapwatch::cli::cores())
+            );
             Ok(r.outcome)
         }
         Command::Check(c) => {

@@ -261,12 +261,6 @@ fn filter_covered(allowed: &str, requested: &str) -> bool {
     }
 }
 
-impl Acl {
-    fn entry(&self, ip: IpAddr, client: Option<&str>) -> Option<&AclDevice> {
-        self.devices.entry(ip, client)
-    }
-}
-
 /// Per brute-force episode state (one source against one service).
 struct Episode {
     app: AppProto,
@@ -958,7 +952,7 @@ impl ProtocolDetector {
             .flows
             .get(&meta.id)
             .and_then(|f| f.client_id.as_deref());
-        let Some((_, publish, _)) = acl.entry(meta.initiator.ip, client) else {
+        let Some((_, publish, _)) = acl.devices.entry(meta.initiator.ip, client) else {
             return;
         };
         if publish.iter().any(|f| topic_matches(f, topic)) {
@@ -993,7 +987,7 @@ impl ProtocolDetector {
         let Some(acl) = &self.acl else { return };
         let client = self.flows.get(&meta.id).and_then(|f| f.client_id.clone());
         let ip = meta.initiator.ip;
-        let entry = acl.entry(ip, client.as_deref());
+        let entry = acl.devices.entry(ip, client.as_deref());
         for (filter, _) in filters {
             let wildcard = filter == "#" || filter.starts_with("$SYS/#") || filter == "$SYS/#";
             let violation = if wildcard {

@@ -228,7 +228,7 @@ fn bench_reports_rates() {
         assert_eq!(line.matches('%').count(), 4, "{s}");
         // Their total, over the cores this process (and so the child) may run on.
         let total = s.lines().find(|l| l.starts_with("cpu total")).unwrap_or("");
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = tapwatch::cli::cores();
         let core = if cores == 1 { "core" } else { "cores" };
         assert!(total.contains(&format!("% of {cores} {core} ")), "{s}");
     }
